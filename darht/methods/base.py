@@ -29,6 +29,14 @@ class Method:
         self.epochs = 1
         self.lr_scale = 1.0
 
+    @classmethod
+    def build_model(cls, name: str, num_classes: int, in_chans: int, img_size: int,
+                    num_teachers: int = 0, **kwargs) -> nn.Module:
+        """The model this method trains; DARHT overrides it to wrap the backbone in its student head."""
+        from darht.models import create_model
+
+        return create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+
     def start_epoch(self, epoch: int, epochs: int, lr_scale: float = 1.0) -> None:
         """Called by the trainer before each epoch (0-based) with the lr's ratio to its base value."""
         self.epoch, self.epochs, self.lr_scale = epoch, epochs, lr_scale
