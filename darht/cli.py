@@ -1,0 +1,313 @@
+"""The `darht` command: train | distill | evaluate | compare | transfer | report | run | data.
+
+User-input problems (DarhtError) print one line and exit with code 2; argparse does the same
+for bad flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from darht.errors import DarhtError
+
+
+def parse_eps(text: str) -> float:
+    """'8/255' or '0.031' -> float."""
+    try:
+        if "/" in text:
+            a, b = text.split("/", 1)
+            value = float(a) / float(b)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or fraction: '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"eps must be >= 0, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+# ---------------------------------------------------------------- train / distill
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (a TrainConfig); flags and --set override it")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set optim.lr=0.05 (repeatable)")
+    p.add_argument("--data", help="data set name (fashion-mnist, cifar10, digits, synthetic, ...)")
+    p.add_argument("--root", help="data directory")
+    p.add_argument("--method", help="training method")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="run directory")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"])
+    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--compile", action="store_true", default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _run_config(args: argparse.Namespace, extra: dict[str, Any]) -> Any:
+    from darht.config import load_yaml, make_config, set_path
+
+    raw = load_yaml(args.config) if args.config else {}
+    flags = {
+        "data.name": args.data, "data.root": args.root, "method": args.method, "epochs": args.epochs,
+        "batch_size": args.batch_size, "optim.lr": args.lr, "seed": args.seed, "out": args.out,
+        "device": args.device, "amp": args.amp, "channels_last": args.channels_last,
+        "compile": args.compile, **extra,
+    }
+    if args.no_progress:
+        flags["progress"] = False
+    for key, value in flags.items():
+        if value is not None:
+            set_path(raw, key.split("."), value)
+    return make_config(raw, args.overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from darht.engine.trainer import train
+
+    cfg = _run_config(args, {"model.name": args.model})
+    summary = train(cfg, resume=args.resume)
+    if summary:
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from darht.engine.trainer import train
+
+    extra = {"model.name": args.student, "teachers": args.teacher or None,
+             "teacher_natural": args.teacher_natural,
+             "method": args.method or ("darht" if not args.config else None)}
+    if args.teacher_bf16:
+        extra["teacher_bf16"] = True
+    args.method = None
+    cfg = _run_config(args, extra)
+    from darht.registry import METHODS
+
+    if not getattr(METHODS.get(cfg.method), "needs_teachers", False):
+        raise DarhtError(f"method '{cfg.method}' is not a distillation method; use `darht train`")
+    if not cfg.teachers:
+        raise DarhtError("distill needs at least one --teacher")
+    summary = train(cfg, resume=args.resume)
+    if summary:
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+# ---------------------------------------------------------------- evaluate
+def _parse_attack_args(items: list[str]) -> dict[str, dict[str, Any]]:
+    from darht.config import parse_override
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        keys, value = parse_override(item)
+        if len(keys) != 2:
+            raise DarhtError(f"--attack-arg expects ATTACK.KEY=VALUE, got '{item}'")
+        out.setdefault(keys[0], {})[keys[1]] = value
+    return out
+
+
+def load_eval_model(args: argparse.Namespace, num_classes: int, in_chans: int, img_size: int):
+    from darht.models.io import load_model, read_meta
+
+    if args.checkpoint:
+        model = load_model(args.checkpoint, name=args.model)
+        meta = read_meta(args.checkpoint) if not str(args.checkpoint).endswith((".pt", ".pth", ".ckpt")) else {}
+        return model, {"checkpoint": str(args.checkpoint), **meta}
+    if args.model and args.weights:
+        model = load_model(args.weights, name=args.model, num_classes=num_classes, in_chans=in_chans,
+                           img_size=img_size)
+        return model, {"checkpoint": str(args.weights), "name": args.model}
+    if args.model:
+        from darht.models import create_model
+
+        print(f"note: no weights given: evaluating a randomly initialised {args.model}", file=sys.stderr)
+        return create_model(args.model, num_classes=num_classes, in_chans=in_chans, img_size=img_size), \
+            {"name": args.model, "checkpoint": None}
+    raise DarhtError("evaluate needs --checkpoint PATH, or --model NAME [--weights PATH]")
+
+
+def _set_mc_mode(model: Any, mc: bool) -> None:
+    """Switch a DARHT student between MC dropout and its deterministic mode."""
+    students = [m for m in model.modules() if hasattr(m, "deterministic")]
+    if not students:
+        raise DarhtError("--mode applies only to DARHT students; this model has no MC dropout head")
+    for m in students:
+        m.deterministic = not mc
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from darht.data import load_dataset
+    from darht.evaluation.robustness import EvalSpec, evaluate, markdown_table
+    from darht.utils import atomic_write_json, git_revision, resolve_device
+
+    data = load_dataset(args.data, args.split, args.root)
+    c, h, _ = data.shape
+    model, meta = load_eval_model(args, data.num_classes, c, h)
+    if getattr(model, "spec", {}).get("num_classes", data.num_classes) != data.num_classes:
+        raise DarhtError(f"the model has {model.spec['num_classes']} classes, {args.data} has {data.num_classes}")
+    if args.mode:
+        _set_mc_mode(model, args.mode == "mc")
+    attacks = [a for a in args.attacks.split(",") if a] if args.attacks is not None else EvalSpec().attacks
+    spec = EvalSpec(attacks=attacks, eps=args.eps, n=args.n, trials=args.trials, seed=args.seed,
+                    batch_size=args.batch_size, attack_args=_parse_attack_args(args.attack_arg),
+                    eot=args.eot, progress=not args.no_progress)
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    x = data.float_x()
+    record = evaluate(model, x, data.y, spec, device)
+    record = {"kind": "evaluation", "model": meta, "data": {"name": args.data, "split": args.split,
+              "size": len(data)}, "git": git_revision(), "command": " ".join(sys.argv), **record}
+    title = f"{meta.get('checkpoint') or meta.get('name')} on {args.data}/{args.split}: eps={args.eps:.4f}, " \
+            f"n={record['n']}, trials={args.trials}"
+    print(title)
+    print(markdown_table(record))
+    for note in record["checks"]:
+        print(f"check: {note}")
+    if args.out:
+        atomic_write_json(args.out, record)
+        print(f"record written to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------- compare
+def cmd_compare(args: argparse.Namespace) -> int:
+    from darht.evaluation.stats import common_attacks, compare, read_record
+
+    records = [read_record(p) for p in args.records]
+    if len(records) < 2:
+        raise DarhtError("compare needs at least two records")
+    attacks = [args.attack] if args.attack else common_attacks(records)
+    base, base_path = records[0], args.records[0]
+    rows = ["| A | B | attack | W-Robust A (%) | W-Robust B (%) | U | p (two-sided) |", "|---|---|---|---|---|---|---|"]
+    results = []
+    for other, path in zip(records[1:], args.records[1:]):
+        for attack in attacks:
+            r = compare(base, other, attack)
+            results.append({"a": base_path, "b": path, **r})
+            rows.append(f"| {base_path} | {path} | {attack} | {100 * r['mean_a']:.2f} | {100 * r['mean_b']:.2f} "
+                        f"| {r['u']:.1f} | {r['p_value']:.3g} |")
+    print("\n".join(rows))
+    if args.out:
+        from darht.utils import atomic_write_json
+
+        atomic_write_json(args.out, {"kind": "comparison", "results": results})
+    return 0
+
+
+# ---------------------------------------------------------------- data
+def cmd_data(args: argparse.Namespace) -> int:
+    from darht.data import dataset_info, download
+
+    if args.data_cmd == "info":
+        info = dataset_info(args.name, args.root)
+        for k, v in info.items():
+            if k == "classes" and isinstance(v, list) and len(v) > 12:
+                v = ", ".join(map(str, v[:12])) + f", ... ({len(v)} in all)"
+            print(f"{k}: {v}")
+        return 0
+    path = download(args.name, args.root, url=args.url, sha256=args.sha256)
+    print(f"{args.name} is in {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from darht import __version__
+
+    parser = argparse.ArgumentParser(prog="darht", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"darht {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("train", help="train a model (standard or adversarial training)")
+    _add_run_flags(p)
+    p.add_argument("--model", help="model name (darht list models: see README)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="distill a student from one or more teachers")
+    _add_run_flags(p)
+    p.add_argument("--student", help="student backbone model name")
+    p.add_argument("--teacher", action="append", help="teacher checkpoint/run dir/model spec (repeatable)")
+    p.add_argument("--teacher-natural", help="MTARD's natural (non-robust) teacher")
+    p.add_argument("--teacher-bf16", action="store_true", help="run teachers in bfloat16")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("evaluate", help="clean / robust / W-Robust accuracy under attacks")
+    p.add_argument("--checkpoint", help="a checkpoint (.safetensors, run directory, or .pt)")
+    p.add_argument("--model", help="model name (with --weights, or to rebuild a .pt state dict)")
+    p.add_argument("--weights", help="weights for --model")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--root")
+    p.add_argument("--split", default="test")
+    p.add_argument("--attacks", help="comma-separated (default: fgsm,pgd,cw-inf,apgd-ce,square; '' for clean only)")
+    p.add_argument("--attack-arg", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                   help="e.g. --attack-arg pgd.steps=20 --attack-arg square.n_queries=1000")
+    p.add_argument("--eps", type=parse_eps, default=8 / 255, help="L-inf radius in [0,1] pixels (default 8/255)")
+    p.add_argument("--n", type=positive_int, default=1000, help="examples per trial (default 1000)")
+    p.add_argument("--trials", type=positive_int, default=1, help="seeded random subsets (paper: 30)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--eot", type=positive_int, default=1, help="EOT gradient samples for randomized models")
+    p.add_argument("--mode", choices=["mc", "deterministic"], help="DARHT student: MC dropout or deterministic")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="write the JSON record here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="Mann-Whitney U test between evaluation records")
+    p.add_argument("records", nargs="+")
+    p.add_argument("--attack", help="compare on this attack only (default: every common one)")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("data", help="data sets: info, download")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    q = dsub.add_parser("info", help="size, classes, shape and location of a data set")
+    q.add_argument("name")
+    q.add_argument("--root")
+    q = dsub.add_parser("download", help="download with checksum verification and safe extraction")
+    q.add_argument("name")
+    q.add_argument("--root", help="target directory (default ~/.cache/darht)")
+    q.add_argument("--url", help="override the source URL (file:// works)")
+    q.add_argument("--sha256", help="expected SHA-256 of the archive")
+    p.set_defaults(func=cmd_data)
+
+    from darht.pipeline_cli import add_verbs  # transfer | report | run
+
+    add_verbs(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except DarhtError as e:
+        print(f"darht: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("darht: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Frozen teachers for distillation: loading from a checkpoint or model name, and the frozen wrapper.
+
+A teacher spec is one of
+  - a checkpoint path: ours (`.safetensors` + `.json`), a run directory, or a `.pt/.pth` state dict;
+  - `NAME=PATH`: a checkpoint without our json (e.g. RobustBench's layout), built as model NAME,
+    e.g. `wrn-70-16=ckpt/Gowal2020Uncovering.pt`;
+  - a model name (`small-cnn`, `timm:vit_tiny_patch16_224`): randomly initialised, for tests/benchmarks.
+Every model takes [0,1] input at the data's size and adapts it inside (resize, normalization), so a
+224-px ViT teacher sits next to a 32-px student unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from darht.errors import DarhtError
+
+
+class FrozenTeacher(nn.Module):
+    """A teacher that never trains: eval mode for good, no parameter grads, inference-mode forward.
+
+    The output is cloned outside inference mode, so it is a normal tensor that autograd graphs may
+    use as a constant. There is no gradient w.r.t. the input either: attacks must not target it.
+    """
+
+    def __init__(self, model: nn.Module, bf16: bool = False):
+        super().__init__()
+        self.model = model
+        self.bf16 = bool(bf16)
+        model.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":
+        # A trainer's model.train() must not switch a teacher's BN/dropout to training behaviour.
+        return super().train(False)
+
+    @property
+    def spec(self) -> dict | None:
+        return getattr(self.model, "spec", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        amp = torch.autocast(x.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        with torch.inference_mode(), amp:
+            out = self.model(x)
+        return out.float().clone()  # outside inference mode: a normal tensor (constant for autograd)
+
+
+def load_teacher(spec: str, *, num_classes: int, in_chans: int, img_size: int,
+                 bf16: bool = False) -> FrozenTeacher:
+    """Load (or build) the teacher described by `spec` and freeze it; checks it fits the data."""
+    from darht.models import create_model
+    from darht.models.io import load_model
+    from darht.registry import MODELS
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise DarhtError(f"teacher: expected a checkpoint path or model name, got {spec!r}")
+    spec = spec.strip()
+    name, sep, path = spec.partition("=")
+    if Path(spec).exists():
+        model = load_model(spec)
+    elif sep:
+        if not Path(path).exists():
+            raise DarhtError(f"teacher '{spec}': no such file '{path}'")
+        model = load_model(path, name=name, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    elif spec.startswith("timm:") or spec in MODELS:
+        model = create_model(spec, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    else:
+        raise DarhtError(f"teacher '{spec}': no such file, and not a model name "
+                         "(use a checkpoint path, NAME=PATH, or a model name)")
+    _check_fits(spec, model, num_classes, in_chans, img_size)
+    return FrozenTeacher(model, bf16=bf16)
+
+
+def _check_fits(spec: str, model: nn.Module, num_classes: int, in_chans: int, img_size: int) -> None:
+    mspec = getattr(model, "spec", None) or {}
+    k, c, s = mspec.get("num_classes"), mspec.get("in_chans"), mspec.get("img_size")
+    if k is None or c is None:  # no spec: ask the model itself with one tiny forward
+        try:
+            with torch.inference_mode():
+                p = next(model.parameters(), None)
+                kw = {} if p is None else {"device": p.device, "dtype": p.dtype}
+                out = model.eval()(torch.zeros(1, in_chans, img_size, img_size, **kw))
+        except RuntimeError as e:
+            raise DarhtError(f"teacher '{spec}' does not accept {in_chans}x{img_size}x{img_size} input: {e}")
+        k, c = out.shape[-1], in_chans
+    if k != num_classes:
+        raise DarhtError(f"teacher '{spec}' has {k} classes but the data set has {num_classes}")
+    if c != in_chans:
+        raise DarhtError(f"teacher '{spec}' takes {c} input channels but the data has {in_chans}")
+    if s is not None and s != img_size:
+        warnings.warn(f"teacher '{spec}' was built for {s}px images; the data is {img_size}px "
+                      "(its input adapter resizes)", stacklevel=3)

@@ -1,0 +1,180 @@
+"""The DARHT student: a backbone plus a head that represents every teacher's logits (paper, sec. 3).
+
+    x [N,C,H,W] -> backbone.forward_features -> h [N,d] -> dropout(h, p)
+      -> teacher_map = Linear(d, J*K)   maps [N,J,K]: block j is the student's view of teacher j's logits
+      -> classifier  = Linear(J*K, K)   logits [N,K]
+
+Monte Carlo dropout (sec. 3.2, Algorithm 1): C dropout samples of the HEAD on the same h, in training
+and at test time; the per-sample logits U and maps V are averaged before any softmax. The backbone is
+deterministic given x, so running it once and sampling only the head gives exactly what C full
+forward passes with the same dropout masks give, at 1/C of the backbone cost. The C samples are drawn
+in one call ([C,N,d] masks) and the head runs batched over them.
+
+`deterministic=True` (or `set_deterministic`) turns dropout off and uses one sample: for export and
+for comparing with/without MC dropout. `randomized` (read by `darht.models.is_randomized`) is True
+while the output is stochastic, so evaluation knows to use EOT.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from darht.errors import DarhtError
+from darht.registry import MODELS
+
+
+class DarhtStudent(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, num_teachers: int,
+                 dropout: float = 0.3, mc_samples: int = 8):
+        super().__init__()
+        if num_teachers < 1:
+            raise DarhtError(f"darht-student: num_teachers must be >= 1, got {num_teachers}")
+        if num_classes < 2:
+            raise DarhtError(f"darht-student: num_classes must be >= 2, got {num_classes}")
+        self.backbone = backbone
+        self.num_classes = int(num_classes)
+        self.num_teachers = int(num_teachers)
+        self.num_features = int(backbone.num_features)
+        self.teacher_map = nn.Linear(self.num_features, self.num_teachers * self.num_classes)
+        self.classifier = nn.Linear(self.num_teachers * self.num_classes, self.num_classes)
+        self.deterministic = False
+        self._dropout = 0.0
+        self._mc_samples = 1
+        bspec = getattr(backbone, "spec", None) or {}
+        self.spec: dict[str, Any] = {
+            "name": "darht-student",
+            "num_classes": self.num_classes,
+            "in_chans": bspec.get("in_chans", 3),
+            "img_size": bspec.get("img_size", 32),
+            "kwargs": {"backbone": bspec.get("name"), "backbone_kwargs": dict(bspec.get("kwargs", {})),
+                       "num_teachers": self.num_teachers},
+        }
+        self.configure(dropout=dropout, mc_samples=mc_samples)
+
+    # -- settings ---------------------------------------------------------------------------------
+    def configure(self, dropout: float | None = None, mc_samples: int | None = None) -> "DarhtStudent":
+        """Change the head's dropout rate / number of MC samples (no parameter changes; spec follows)."""
+        if dropout is not None:
+            if not 0.0 <= float(dropout) < 1.0:
+                raise DarhtError(f"darht-student: dropout must be in [0, 1), got {dropout}")
+            self._dropout = float(dropout)
+        if mc_samples is not None:
+            if int(mc_samples) != mc_samples or int(mc_samples) < 1:
+                raise DarhtError(f"darht-student: mc_samples must be an integer >= 1, got {mc_samples}")
+            self._mc_samples = int(mc_samples)
+        self.spec["kwargs"].update(dropout=self._dropout, mc_samples=self._mc_samples)
+        return self
+
+    @property
+    def dropout(self) -> float:
+        return self._dropout
+
+    @property
+    def mc_samples(self) -> int:
+        return self._mc_samples
+
+    def set_deterministic(self, flag: bool = True) -> "DarhtStudent":
+        self.deterministic = bool(flag)
+        return self
+
+    @property
+    def randomized(self) -> bool:
+        """True while outputs are stochastic (MC dropout on), so evaluation must use EOT."""
+        return not self.deterministic and self._dropout > 0.0
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features h [N, d] from [0,1] input (the contract's pooled penultimate features)."""
+        return self.backbone.forward_features(x)
+
+    def sample_masks(self, n: int, like: torch.Tensor) -> torch.Tensor | None:
+        """C inverted-dropout masks [C, N, d] (kept units scaled by 1/(1-p)); None when dropout is off.
+
+        Drawn from the global RNG in one call, so a test can reproduce them by reseeding.
+        """
+        if self.deterministic or self._dropout == 0.0:
+            return None
+        keep = 1.0 - self._dropout
+        shape = (self._mc_samples, n, self.num_features)
+        return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(keep).div_(keep)
+
+    def head_samples(self, h: torch.Tensor, masks: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample head outputs on features h [N,d]: logits [C,N,K], maps [C,N,J,K].
+
+        `masks` ([C,N,d]) overrides the freshly drawn ones (for tests); C = 1 with no dropout.
+        """
+        n = h.shape[0]
+        if masks is None:
+            masks = self.sample_masks(n, h)
+        hs = h.unsqueeze(0) if masks is None else h.unsqueeze(0) * masks  # [C,N,d]
+        maps = self.teacher_map(hs)                                        # [C,N,J*K]
+        logits = self.classifier(maps)                                     # [C,N,K]
+        return logits, maps.view(*maps.shape[:2], self.num_teachers, self.num_classes)
+
+    def forward_head(self, h: torch.Tensor, return_maps: bool = False):
+        """MC-averaged (before softmax, Algorithm 1 line 8) logits [N,K] (and maps [N,J,K])."""
+        logits, maps = self.head_samples(h)
+        if return_maps:
+            return logits.mean(0), maps.mean(0)
+        return logits.mean(0)
+
+    def forward(self, x: torch.Tensor, return_maps: bool = False):
+        """Logits [N,K]; with return_maps=True also the teacher maps [N,J,K] (one backbone pass).
+
+        `return_maps` goes through forward() so a DDP wrapper sees the call that builds the graph.
+        """
+        return self.forward_head(self.forward_features(x), return_maps=return_maps)
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [N,K], maps [N,J,K]), both averaged over the MC samples."""
+        return self.forward(x, return_maps=True)
+
+
+def unwrap_student(model: nn.Module) -> DarhtStudent | None:
+    """The DarhtStudent inside `model` (plain, DDP- or compile-wrapped), or None."""
+    for attr in ("module", "_orig_mod"):
+        while hasattr(model, attr) and not isinstance(model, DarhtStudent):
+            model = getattr(model, attr)
+    return model if isinstance(model, DarhtStudent) else None
+
+
+@MODELS.register("darht-student")
+def darht_student(num_classes: int, in_chans: int = 3, img_size: int = 32, *, backbone: str = "small-cnn",
+                  backbone_kwargs: dict | None = None, num_teachers: int = 1, dropout: float = 0.3,
+                  mc_samples: int = 8) -> DarhtStudent:
+    """Build the backbone by name (any registered or timm: model) and wrap it in the DARHT head."""
+    from darht.models import create_model
+
+    if backbone == "darht-student":
+        raise DarhtError("darht-student: the backbone cannot itself be a darht-student")
+    bkw = copy.deepcopy(backbone_kwargs or {})
+    net = create_model(backbone, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **bkw)
+    # The backbone's own classifier is never used; freeze it so optimisers and DDP skip it.
+    used = _feature_params(net)
+    for p in net.parameters():
+        if id(p) not in used:
+            p.requires_grad_(False)
+    student = DarhtStudent(net, num_classes, num_teachers, dropout=dropout, mc_samples=mc_samples)
+    student.spec.update(in_chans=in_chans, img_size=img_size)
+    student.spec["kwargs"].update(backbone=backbone, backbone_kwargs=bkw)
+    return student
+
+
+def _feature_params(net: nn.Module) -> set[int]:
+    """ids of the parameters forward_features uses: all but those only forward_head touches.
+
+    Found by elimination on the parameters of modules that appear only in the head; the zoo's
+    models expose the head as `head`, `fc`, `classifier` or `linear` (falls back to "all used").
+    """
+    params = {id(p) for p in net.parameters()}
+    head = getattr(net, "classifier_head", None) or next(
+        (getattr(net, a) for a in ("head", "fc", "classifier", "linear")
+         if isinstance(getattr(net, a, None), nn.Module)), None)
+    if isinstance(head, nn.Module) and not isinstance(head, type(net)):
+        params -= {id(p) for p in head.parameters()}
+    return params

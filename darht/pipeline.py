@@ -1,0 +1,196 @@
+"""`darht run CONFIG`: teachers -> students -> evaluation -> transfer -> report, declared in YAML.
+
+Each stage is skipped when its outputs exist (a finished run directory, a stored record), and a
+training stage that died resumes from its last checkpoint, so re-running a config that was
+interrupted continues where it stopped. Layout of `out/`:
+  teachers/<name>/  students/<name>/  records/<name>.json  records/transfer.json  report/
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from darht.config import DataConfig, _build, load_yaml, make_config
+from darht.errors import DarhtError
+from darht.utils import atomic_write_json, git_revision, resolve_device
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "experiment"
+    out: str = "runs/experiment"
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    fallback_data: str | None = None        # used, with a notice, when `data` is not installed
+    fallback_data_kwargs: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)        # TrainConfig keys shared by every stage
+    teachers: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> TrainConfig keys | {checkpoint}
+    students: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> TrainConfig keys (teachers by name)
+    evaluation: dict[str, Any] = field(default_factory=dict)   # EvalSpec fields; split: test
+    evaluate_teachers: bool = False
+    transfer: dict[str, Any] | None = None  # {attack, eps, n, attack_args}; None: skip
+    progress: bool = True
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_pipeline(path: str | Path, overrides: list[str] = ()) -> PipelineConfig:
+    return make_config(load_yaml(path), overrides, cls=PipelineConfig)
+
+
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig, log=print):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.log = log
+        self.data = self._choose_data()
+
+    # -- data: fall back (with a notice) when the configured data set is not installed
+    def _choose_data(self) -> DataConfig:
+        from darht.data import load_dataset
+
+        data = self.cfg.data
+        try:
+            load_dataset(data.name, "test", data.root, **data.kwargs)
+            return data
+        except DarhtError as e:
+            if not self.cfg.fallback_data:
+                raise
+            self.log(f"notice: {data.name} is not available ({e}); using {self.cfg.fallback_data} instead")
+            return DataConfig(**{**asdict(data), "name": self.cfg.fallback_data, "root": None,
+                                 "kwargs": dict(self.cfg.fallback_data_kwargs)})
+
+    def _train_cfg(self, stage: dict, out: Path, teachers: list[str], natural: str | None):
+        raw = _merge(self.cfg.train, {k: v for k, v in stage.items() if k not in ("teachers", "teacher_natural")})
+        raw = _merge(raw, {"data": asdict(self.data), "out": str(out), "seed": raw.get("seed", self.cfg.seed),
+                           "device": self.cfg.device, "progress": self.cfg.progress,
+                           "teachers": teachers, "teacher_natural": natural})
+        return make_config(raw)
+
+    def teacher_path(self, name: str) -> str:
+        spec = self.cfg.teachers.get(name)
+        if spec is None:
+            if Path(name).exists() or name.startswith("timm:"):
+                return name  # a checkpoint path or model spec given directly
+            raise DarhtError(f"student refers to unknown teacher '{name}'; teachers: {', '.join(self.cfg.teachers)}")
+        return spec.get("checkpoint") or str(self.out / "teachers" / name)
+
+    # -- stages
+    def run_teachers(self) -> None:
+        from darht.engine.trainer import train
+
+        for name, spec in self.cfg.teachers.items():
+            if "checkpoint" in spec:
+                self.log(f"[teacher {name}] using {spec['checkpoint']}")
+                continue
+            self.log(f"[teacher {name}] training")
+            train(self._train_cfg(spec, self.out / "teachers" / name, [], None), resume=True)
+
+    def run_students(self) -> None:
+        from darht.engine.trainer import train
+
+        for name, spec in self.cfg.students.items():
+            spec = {"method": "darht", **spec}
+            teachers = [self.teacher_path(t) for t in spec.get("teachers", [])]
+            natural = spec.get("teacher_natural")
+            natural = self.teacher_path(natural) if natural else None
+            self.log(f"[student {name}] {spec.get('method', 'darht')} from {', '.join(spec.get('teachers', []))}")
+            train(self._train_cfg(spec, self.out / "students" / name, teachers, natural), resume=True)
+
+    def _test_data(self):
+        from darht.data import load_dataset
+
+        d = self.data
+        return load_dataset(d.name, "test", d.root, **d.kwargs)
+
+    def run_evaluation(self) -> None:
+        from darht.evaluation.robustness import EvalSpec, evaluate
+        from darht.models.io import load_model
+
+        spec_raw = {k: v for k, v in self.cfg.evaluation.items() if k != "split"}
+        spec_raw.setdefault("progress", self.cfg.progress)
+        spec = _build(EvalSpec, spec_raw, "evaluation.")
+        data = self._test_data()
+        device = resolve_device(self.cfg.device)
+        targets = {f"student-{n}": self.out / "students" / n for n in self.cfg.students}
+        if self.cfg.evaluate_teachers:
+            targets.update({f"teacher-{n}": Path(self.teacher_path(n)) for n in self.cfg.teachers})
+        for name, run_dir in targets.items():
+            path = self.out / "records" / f"{name}.json"
+            if path.exists():
+                self.log(f"[evaluate {name}] record exists, skipped")
+                continue
+            self.log(f"[evaluate {name}]")
+            torch.manual_seed(spec.seed)
+            model = load_model(run_dir)
+            rec = evaluate(model, data.float_x(), data.y, spec, device)
+            rec = {"kind": "evaluation", "model": {"checkpoint": str(run_dir), "spec": getattr(model, "spec", None)},
+                   "data": {"name": self.data.name, "split": "test", "size": len(data)}, "git": git_revision(), **rec}
+            atomic_write_json(path, rec)
+
+    def run_transfer(self) -> None:
+        from darht.evaluation.transfer import student_transfer, transfer_matrix
+        from darht.methods.teachers import load_teacher
+        from darht.models.io import load_model
+
+        if self.cfg.transfer is None:
+            return
+        path = self.out / "records" / "transfer.json"
+        if path.exists():
+            self.log("[transfer] record exists, skipped")
+            return
+        self.log("[transfer]")
+        t = dict(self.cfg.transfer)
+        kw = {"attack": t.get("attack", "pgd"), "eps": float(t.get("eps", 8 / 255)), "n": t.get("n", 1000),
+              "attack_args": t.get("attack_args")}
+        data = self._test_data()
+        x, y = data.float_x(), data.y
+        c, h, _ = data.shape
+        load = {}
+
+        def teacher(name: str):
+            if name not in load:
+                load[name] = load_teacher(self.teacher_path(name), num_classes=data.num_classes, in_chans=c, img_size=h)
+            return load[name]
+
+        rec: dict[str, Any] = {"kind": "transfer", "students": {}, **kw}
+        for sname, spec in self.cfg.students.items():
+            names = list(spec.get("teachers", []))
+            if not names:
+                continue
+            torch.manual_seed(self.cfg.seed)
+            student = load_model(self.out / "students" / sname).eval()
+            rec["students"][sname] = student_transfer(student, {n: teacher(n) for n in names}, x, y, **kw)
+        if len(self.cfg.teachers) >= 2:
+            torch.manual_seed(self.cfg.seed)
+            rec["teacher_matrix"] = transfer_matrix({n: teacher(n) for n in self.cfg.teachers}, x, y, **kw)
+        atomic_write_json(path, rec)
+
+    def run(self) -> Path:
+        start = time.time()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.run_teachers()
+        self.run_students()
+        self.run_evaluation()
+        self.run_transfer()
+        from darht.report.build import write_report
+
+        report = write_report(self.out)
+        status = {"name": self.cfg.name, "data": self.data.name, "git": git_revision(),
+                  "wall_time_s_this_invocation": round(time.time() - start, 1), "command": " ".join(sys.argv)}
+        atomic_write_json(self.out / "run.json", status)
+        return report

@@ -1,0 +1,80 @@
+"""Plots (matplotlib, PNG) made only from stored records: per-epoch curves (paper Fig. 3, 4, 6),
+W-Robust distributions over trials (Fig. 5) and the transferability heatmap."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    p = Path(run_dir) / "metrics.jsonl"
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def epoch_curves(runs: dict[str, list[dict]], path: str | Path) -> Path | None:
+    """Validation clean accuracy and W-Robust (PGD, held-out split) per epoch, one line per run."""
+    runs = {k: [m for m in v if m.get("val_clean") is not None] for k, v in runs.items()}
+    runs = {k: v for k, v in runs.items() if v}
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, ms in runs.items():
+        ep = [m["epoch"] for m in ms]
+        clean = [100 * m["val_clean"] for m in ms]
+        wr = [100 * (m["val_clean"] + m["val_robust"]) / 2 for m in ms]
+        axes[0].plot(ep, clean, marker="o", label=name)
+        axes[1].plot(ep, wr, marker="o", label=name)
+    axes[0].set(title="clean accuracy (validation)", xlabel="epoch", ylabel="%")
+    axes[1].set(title="W-Robust, PGD (validation)", xlabel="epoch", ylabel="%")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def w_robust_distributions(records: dict[str, dict], path: str | Path) -> Path | None:
+    """Box plots of per-trial W-Robust per attack and model (needs records with several trials)."""
+    attacks = sorted({a for r in records.values() if r.get("trials_count", 1) > 1 for a in r["summary"]["w_robust"]})
+    if not attacks:
+        return None
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4 * len(attacks), 4), squeeze=False)
+    for ax, attack in zip(axes[0], attacks):
+        names = [n for n, r in records.items() if attack in r["summary"]["w_robust"]]
+        data = [[100 * t["w_robust"][attack] for t in records[n]["trials"]] for n in names]
+        ax.boxplot(data)
+        ax.set_xticks(range(1, len(names) + 1), names, rotation=30, fontsize=8)
+        ax.set(title=f"W-Robust over trials: {attack}", ylabel="%")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def transfer_heatmap(matrix_record: dict, path: str | Path) -> Path | None:
+    names = matrix_record.get("models") or []
+    if not names:
+        return None
+    m = matrix_record["matrix"]
+    values = [[float("nan") if m[s][t] is None else 100 * m[s][t] for t in names] for s in names]
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 1.0 * len(names) + 1.5))
+    im = ax.imshow(values, vmin=0, vmax=100, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            ax.text(j, i, "n/a" if v != v else f"{v:.0f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set(title="transfer rate (%): crafted on row, evaluated on column")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

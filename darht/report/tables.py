@@ -1,0 +1,96 @@
+"""Tables (Markdown and CSV) made only from stored evaluation records."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from darht.errors import DarhtError
+
+
+def load_records(directory: str | Path) -> dict[str, dict]:
+    """name -> evaluation record for every `*.json` evaluation record in `directory`."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise DarhtError(f"no records directory: {d}")
+    out = {}
+    for p in sorted(d.glob("*.json")):
+        try:
+            rec = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            raise DarhtError(f"{p}: not valid JSON") from None
+        if isinstance(rec, dict) and rec.get("kind") == "evaluation":
+            out[p.stem] = rec
+    return out
+
+
+def rows(records: dict[str, dict]) -> list[dict]:
+    """One row per (attack, model): clean, robust, W-Robust as fractions (mean, std over trials)."""
+    out = []
+    attacks: list[str] = []
+    for rec in records.values():
+        for a in rec["summary"]["robust"]:
+            if a not in attacks:
+                attacks.append(a)
+    for attack in attacks:
+        for name, rec in records.items():
+            s = rec["summary"]
+            if attack not in s["robust"]:
+                continue
+            out.append({"attack": attack, "model": name, "clean": s["clean"]["mean"],
+                        "robust": s["robust"][attack]["mean"], "w_robust": s["w_robust"][attack]["mean"],
+                        "w_robust_std": s["w_robust"][attack]["std"], "trials": rec.get("trials_count", 1),
+                        "n": rec.get("n")})
+    return out
+
+
+def markdown(table: list[dict]) -> str:
+    """The paper's Table 3 layout: per attack, one row per model; the best W-Robust in bold."""
+    lines = ["| attack | model | clean (%) | robust (%) | W-Robust (%) |", "|---|---|---|---|---|"]
+    best: dict[str, float] = {}
+    for r in table:
+        best[r["attack"]] = max(best.get(r["attack"], -1.0), r["w_robust"])
+    for r in table:
+        w = f"{100 * r['w_robust']:.2f}"
+        if r["trials"] > 1:
+            w += f" ± {100 * r['w_robust_std']:.2f}"
+        if r["w_robust"] == best[r["attack"]]:
+            w = f"**{w}**"
+        lines.append(f"| {r['attack']} | {r['model']} | {100 * r['clean']:.2f} | {100 * r['robust']:.2f} | {w} |")
+    return "\n".join(lines)
+
+
+def to_csv(table: list[dict]) -> str:
+    buf = io.StringIO()
+    fields = ["attack", "model", "clean", "robust", "w_robust", "w_robust_std", "trials", "n"]
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for r in table:
+        w.writerow({k: r[k] for k in fields})
+    return buf.getvalue()
+
+
+def transfer_markdown(rec: dict) -> str:
+    """Student -> teacher transfer rates and recoveries, and the teacher-to-teacher matrix."""
+    parts = []
+    for student, res in rec.get("students", {}).items():
+        parts.append(f"Student `{student}` ({res['examples']} examples all teachers classify correctly; "
+                     f"{res['student_fooled']} fool the student):\n")
+        parts.append("| teacher | transfer rate (%) | student right where teacher wrong (%) |\n|---|---|---|")
+        for t, v in res["teachers"].items():
+            tr = "n/a" if v["transfer_rate"] is None else f"{100 * v['transfer_rate']:.2f}"
+            rc = "n/a" if v["student_recovery"] is None else f"{100 * v['student_recovery']:.2f}"
+            parts.append(f"| {t} | {tr} | {rc} |")
+        parts.append("")
+    m = rec.get("teacher_matrix")
+    if m:
+        names = m["models"]
+        parts.append(f"Teacher-to-teacher transfer (row: crafted on; column: evaluated on; {m['examples']} examples):\n")
+        parts.append("| source \\ target | " + " | ".join(names) + " |")
+        parts.append("|---|" + "---|" * len(names))
+        for s in names:
+            cells = ["n/a" if m["matrix"][s][t] is None else f"{100 * m['matrix'][s][t]:.1f}" for t in names]
+            parts.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(parts)

@@ -1,0 +1,223 @@
+"""Evaluation: per-example bookkeeping, trials, W-Robust, `darht evaluate` / `compare` / `transfer`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import mannwhitneyu
+
+from darht.attacks.fgsm import fgsm
+from darht.cli import main
+from darht.data import load_dataset
+from darht.evaluation.checks import sanity_checks
+from darht.evaluation.robustness import EvalSpec, evaluate, summarize, trial_indices
+from darht.evaluation.stats import compare
+from darht.evaluation.transfer import select_teachers, student_transfer, transfer_matrix
+from darht.models import create_model
+from darht.models.io import load_model, save_model
+
+SYN = {"n": 96, "num_classes": 4, "shape": (1, 12, 12), "seed": 3}
+
+
+def _train_small(seed: int = 0, steps: int = 40):
+    torch.manual_seed(seed)
+    data = load_dataset("synthetic", "train", **SYN)
+    model = create_model("small-cnn", num_classes=4, in_chans=1, img_size=12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = data.float_x(), data.y
+    model.train()
+    for i in range(steps):
+        idx = torch.randint(0, len(x), (32,))
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    model = _train_small()
+    path = tmp_path_factory.mktemp("ckpt") / "model"
+    save_model(model, path)
+    return model, path
+
+
+def test_trial_indices_are_seeded_subsets():
+    a = trial_indices(50, 10, 3, seed=1)
+    b = trial_indices(50, 10, 3, seed=1)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert all(len(t) == 10 and len(set(t.tolist())) == 10 for t in a)
+    assert not torch.equal(a[0], a[1])
+    assert torch.equal(trial_indices(7, None, 1, 0)[0], torch.arange(7))
+    assert len(trial_indices(7, 100, 2, 0)[0]) == 7  # n capped at the pool
+
+
+def test_summarize_matches_direct_means():
+    clean = torch.tensor([1, 1, 0, 1, 0, 1], dtype=torch.bool)
+    pgd = torch.tensor([1, 0, 0, 1, 0, 0], dtype=torch.bool)
+    subsets = [torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])]
+    rec = summarize({"clean": clean, "pgd": pgd}, subsets)
+    assert rec["trials"][0]["clean"] == pytest.approx(2 / 3)
+    assert rec["trials"][0]["robust"]["pgd"] == pytest.approx(1 / 3)
+    assert rec["trials"][1]["w_robust"]["pgd"] == pytest.approx((2 / 3 + 1 / 3) / 2)
+    # trial 1: clean 2/3, robust 1/3 -> W-Robust 1/2; trial 2 likewise
+    assert rec["summary"]["w_robust"]["pgd"]["mean"] == pytest.approx(0.5)
+    assert rec["summary"]["clean"]["std"] == pytest.approx(0.0)
+
+
+def test_evaluate_numbers_equal_a_direct_computation(trained):
+    model, _ = trained
+    data = load_dataset("synthetic", "test", **SYN)
+    x, y = data.float_x(), data.y
+    spec = EvalSpec(attacks=["fgsm"], eps=0.1, n=None, trials=1, batch_size=32, progress=False)
+    rec = evaluate(model, x, y, spec, torch.device("cpu"))
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    x_adv = fgsm(model, x, y, eps=0.1)
+    with torch.no_grad():
+        robust = (model(x_adv).argmax(1) == y) & clean
+    assert rec["summary"]["clean"]["mean"] == pytest.approx(clean.float().mean().item())
+    assert rec["summary"]["robust"]["fgsm"]["mean"] == pytest.approx(robust.float().mean().item())
+    assert rec["summary"]["robust"]["worst"]["mean"] == pytest.approx(robust.float().mean().item())
+    assert rec["examples_attacked"] == int(clean.sum())
+    assert rec["summary"]["robust"]["fgsm"]["mean"] < rec["summary"]["clean"]["mean"]
+
+
+def test_worst_case_is_per_example(trained):
+    model, _ = trained
+    data = load_dataset("synthetic", "test", **SYN)
+    spec = EvalSpec(attacks=["fgsm", "pgd"], eps=0.08, n=None, batch_size=64, progress=False,
+                    attack_args={"pgd": {"steps": 2, "start": "none"}})
+    rec = evaluate(model, data.float_x(), data.y, spec, torch.device("cpu"))
+    r = rec["summary"]["robust"]
+    assert r["worst"]["mean"] <= min(r["fgsm"]["mean"], r["pgd"]["mean"]) + 1e-12
+
+
+def test_sanity_checks_flag_a_randomized_model():
+    class Noisy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.lin(x.flatten(1)) + torch.randn(len(x), 3)
+
+    notes = sanity_checks(Noisy(), torch.rand(5, 1, 2, 2), torch.zeros(5, dtype=torch.long), {}, torch.device("cpu"),
+                          randomized=False)
+    assert any("randomized" in n for n in notes)
+    summary = {"robust": {"pgd": {"mean": 0.5}, "square": {"mean": 0.3}}}
+    notes = sanity_checks(Noisy(), torch.rand(5, 1, 2, 2), torch.zeros(5, dtype=torch.long), summary,
+                          torch.device("cpu"), randomized=True, eot=4)
+    assert not any("randomized" in n for n in notes)
+    assert any("Square" in n for n in notes)
+
+
+def test_cli_evaluate_prints_table_and_json_matching_direct_computation(trained, tmp_path, capsys, monkeypatch):
+    model, path = trained
+    out = tmp_path / "rec.json"
+    # synthetic data via the CLI takes the loader's defaults; evaluate our 12-px model on data of its shape
+    monkeypatch.setattr("darht.data.base.DATASETS.get", _synthetic_with(SYN))
+    code = main(["evaluate", "--checkpoint", str(path) + ".safetensors", "--data", "synthetic", "--attacks",
+                 "fgsm", "--eps", "0.1", "--n", "40", "--trials", "3", "--batch-size", "16", "--out", str(out),
+                 "--no-progress", "--device", "cpu"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| fgsm |" in printed and "W-Robust" in printed
+    rec = json.loads(out.read_text())
+    data = load_dataset("synthetic", "test", **SYN)
+    x, y = data.float_x(), data.y
+    loaded = load_model(str(path) + ".safetensors").eval()
+    with torch.no_grad():
+        clean = loaded(x).argmax(1) == y
+    robust = clean & (loaded(fgsm(loaded, x, y, eps=0.1)).argmax(1) == y)
+    for t, idx in zip(rec["trials"], trial_indices(len(x), 40, 3, 0)):
+        assert t["clean"] == pytest.approx(clean[idx].float().mean().item())
+        assert t["robust"]["fgsm"] == pytest.approx(robust[idx].float().mean().item())
+        assert t["w_robust"]["fgsm"] == pytest.approx((t["clean"] + t["robust"]["fgsm"]) / 2)
+    assert rec["trials_count"] == 3 and rec["n"] == 40
+
+
+def _synthetic_with(kw):
+    from darht.registry import DATASETS
+
+    real_get = DATASETS.get
+
+    def get(name):
+        fn = real_get(name)
+        if name != "synthetic":
+            return fn
+        return lambda split, root=None, **k: fn(split, root, **{**kw, **k})
+
+    return get
+
+
+def test_compare_gives_scipys_p_value(tmp_path, capsys):
+    a = {"kind": "evaluation", "trials": [{"w_robust": {"pgd": v}} for v in (0.5, 0.52, 0.55, 0.51, 0.49)],
+         "summary": {"w_robust": {"pgd": {}}}}
+    b = {"kind": "evaluation", "trials": [{"w_robust": {"pgd": v}} for v in (0.45, 0.47, 0.46, 0.5, 0.44)],
+         "summary": {"w_robust": {"pgd": {}}}}
+    expected = mannwhitneyu([0.5, 0.52, 0.55, 0.51, 0.49], [0.45, 0.47, 0.46, 0.5, 0.44], alternative="two-sided")
+    r = compare(a, b, "pgd")
+    assert r["p_value"] == pytest.approx(expected.pvalue, rel=1e-12)
+    assert r["u"] == pytest.approx(expected.statistic)
+    pa, pb, po = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "cmp.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    assert main(["compare", str(pa), str(pb), "--out", str(po)]) == 0
+    assert json.loads(po.read_text())["results"][0]["p_value"] == pytest.approx(expected.pvalue, rel=1e-12)
+    assert f"{expected.pvalue:.3g}" in capsys.readouterr().out
+
+
+class _Fixed(torch.nn.Module):
+    """A 'model' whose predictions are a fixed table: row i predicts `table[i]` for input i."""
+
+    def __init__(self, clean_pred, adv_pred):
+        super().__init__()
+        self.clean_pred, self.adv_pred = clean_pred, adv_pred
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        # inputs carry their index in pixel 0 and an "attacked" flag in pixel 1
+        idx = (x[:, 0, 0, 0] * 100).round().long()
+        attacked = x[:, 0, 0, 1] > 0.5
+        pred = torch.where(attacked, self.adv_pred[idx], self.clean_pred[idx])
+        return F.one_hot(pred, 3).float() * 10 + self.w
+
+
+def _flag_attack(model, x, y, *, eps, **kw):
+    x = x.clone()
+    x[:, 0, 0, 1] = 1.0
+    return x
+
+
+def test_transfer_rates_equal_direct_counts(monkeypatch):
+    n = 10
+    x = torch.zeros(n, 1, 2, 2)
+    x[:, 0, 0, 0] = torch.arange(n) / 100
+    y = torch.zeros(n, dtype=torch.long)
+    ok = torch.zeros(n, dtype=torch.long)
+    student = _Fixed(ok, torch.tensor([1, 1, 1, 1, 1, 1, 0, 0, 0, 0]))   # fooled on 0..5
+    t1 = _Fixed(ok, torch.tensor([1, 1, 1, 0, 0, 0, 1, 1, 0, 0]))        # fooled on 0,1,2,6,7
+    t2 = _Fixed(torch.tensor([0] * 9 + [2]), torch.tensor([2, 0, 0, 0, 0, 0, 0, 0, 0, 0]))  # wrong clean on 9
+    monkeypatch.setattr("darht.evaluation.transfer.ATTACKS.get", lambda name: _flag_attack)
+    res = student_transfer(student, {"t1": t1, "t2": t2}, x, y, eps=0.0, n=None)
+    assert res["examples"] == 9                      # example 9 is wrong clean for t2
+    assert res["student_fooled"] == 6
+    assert res["teachers"]["t1"]["transfer_rate"] == pytest.approx(3 / 6)
+    assert res["teachers"]["t2"]["transfer_rate"] == pytest.approx(1 / 6)
+    assert res["teachers"]["t1"]["student_recovery"] == pytest.approx(2 / 5)   # 6, 7: teacher fooled, student not
+    assert res["teachers"]["t2"]["student_recovery"] == pytest.approx(0 / 1)
+    m = transfer_matrix({"s": student, "t1": t1}, x, y, eps=0.0, n=None)
+    assert m["matrix"]["s"]["t1"] == pytest.approx(3 / 6)
+    assert m["matrix"]["t1"]["s"] == pytest.approx(3 / 5)
+
+
+def test_select_teachers_picks_lowest_mutual_transfer():
+    m = {"a": {"a": 1, "b": 0.9, "c": 0.2}, "b": {"a": 0.8, "b": 1, "c": 0.5}, "c": {"a": 0.3, "b": 0.4, "c": 1}}
+    sel = select_teachers(m, 2)
+    assert sel["selected"] == ["a", "c"]
+    assert sel["mean_pairwise_transfer"] == pytest.approx(0.25)
