@@ -7,12 +7,13 @@ set would take 4x the memory, and `Loader` converts each batch on the device ins
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 
 from darht.errors import DarhtError
@@ -55,7 +56,8 @@ class ImageData:
 
     def subset(self, idx: Sequence[int] | torch.Tensor | slice) -> "ImageData":
         if not isinstance(idx, slice):
-            idx = torch.as_tensor(idx, dtype=torch.int64)
+            idx = torch.as_tensor(idx)
+            idx = idx.nonzero().squeeze(1) if idx.dtype == torch.bool else idx.long()  # mask or indices
         return ImageData(self.x[idx], self.y[idx], list(self.classes), self.name, self.location)
 
     def float_x(self) -> torch.Tensor:
@@ -72,7 +74,17 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 def load_dataset(name: str, split: str = "train", root: str | Path | None = None, **kw: Any) -> ImageData:
     """Load split 'train' or 'test' of a registered data set (see `DATASETS.names()`)."""
     loader = DATASETS.get(name)
+    _check_options(name, loader, kw)
     return loader(split, root, **kw)
+
+
+def _check_options(name: str, loader: Callable, kw: dict) -> None:
+    """Unknown options (e.g. from data.kwargs in a config) -> DarhtError, not a TypeError."""
+    params = list(inspect.signature(loader).parameters)[2:]  # after (split, root)
+    unknown = [k for k in kw if k not in params]
+    if unknown:
+        raise DarhtError(f"{name}: unknown option(s) {', '.join(unknown)}; "
+                         f"accepted: {', '.join(params) or 'none'}")
 
 
 def split_train_val(data: ImageData, val_fraction: float, seed: int = 0) -> tuple[ImageData, ImageData]:
@@ -97,6 +109,7 @@ def dataset_info(name: str, root: str | Path | None = None, **kw: Any) -> dict:
     100k JPEGs); otherwise both splits are loaded.
     """
     loader = DATASETS.get(name)
+    _check_options(name, loader, kw)
     if hasattr(loader, "info"):
         return loader.info(root, **kw)
     sizes, first = {}, None
@@ -143,6 +156,6 @@ def find_location(key: str, root: str | Path | None, probe: Callable[[Path], Pat
 
 def derive_seed(*parts: int | str) -> int:
     """A well-mixed 63-bit seed from ints/strings: (seed, epoch) and (seed, epoch + 1) share nothing."""
-    ints = [p if isinstance(p, int) else int.from_bytes(p.encode(), "little") for p in parts]
-    ints = [i % 2**64 for i in ints]
-    return int(np.random.SeedSequence(ints).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+    key = tuple(p if isinstance(p, str) else int(p) for p in parts)  # np.int64(3) seeds like 3
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1

@@ -21,7 +21,8 @@ from torch import nn
 
 from darht.attacks.pgd import pgd
 from darht.methods.base import Method
-from darht.methods.kd import check_args, kl_probs, require_teachers, soft_labels, unwrap
+from darht.methods._args import check_args, number
+from darht.methods.kd import fraction, kl_probs, positive, require_teachers, soft_labels, unwrap
 from darht.registry import METHODS
 
 
@@ -33,12 +34,12 @@ class ARD(Method):
     def __init__(self, model: nn.Module, teachers: list[nn.Module] | None = None, *,
                  alpha: float = 1.0, t: float = 30.0, eps: float = 8 / 255, step_size: float = 2 / 255,
                  steps: int = 10, **unknown: Any):
+        check_args(self, unknown)
         super().__init__(model, teachers)
-        check_args(self.name, unknown, alpha=(alpha, "[0,1]"), t=(t, ">0"), eps=(eps, ">=0"),
-                   step_size=(step_size, ">=0"), steps=(steps, "int>=0"))
         require_teachers(self.name, self.teachers)
-        self.alpha, self.t = float(alpha), float(t)
-        self.eps, self.step_size, self.steps = float(eps), float(step_size), int(steps)
+        self.alpha, self.t = fraction(self, "alpha", alpha), positive(self, "t", t)
+        self.eps, self.step_size = number(self, "eps", eps), number(self, "step_size", step_size)
+        self.steps = number(self, "steps", steps, integer=True)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         t = self.t

@@ -10,7 +10,6 @@ across temperatures.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from darht.errors import DarhtError
+from darht.methods._args import check_args, number
 from darht.methods.base import Method
 from darht.registry import METHODS
 
@@ -48,23 +48,20 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def check_args(method: str, unknown: dict[str, Any], **checks: tuple[Any, str]) -> None:
-    """DarhtError for unknown arguments and for values failing their check.
+def fraction(method: Any, arg: str, value: Any) -> float:
+    """A number in [0, 1] (a loss mix or probability); DarhtError otherwise."""
+    v = number(method, arg, value)
+    if v > 1:
+        raise DarhtError(f"method '{method.name}': {arg} must be <= 1, got {value!r}")
+    return v
 
-    checks: name=(value, rule) with rule one of ">0", ">=0", "[0,1]", "int>=1", "int>=0".
-    """
-    if unknown:
-        raise DarhtError(f"method '{method}': unknown argument '{sorted(unknown)[0]}'")
-    for name, (value, rule) in checks.items():
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if ok and rule.startswith("int"):
-            ok = float(value).is_integer()
-        if ok:
-            ok = {">0": value > 0, ">=0": value >= 0, "[0,1]": 0 <= value <= 1,
-                  "int>=1": value >= 1, "int>=0": value >= 0}[rule]
-        if not ok:
-            raise DarhtError(f"method '{method}': {name} must be {rule.replace('int', 'an integer ')}, "
-                             f"got {value!r}")
+
+def positive(method: Any, arg: str, value: Any) -> float:
+    """A number > 0 (a temperature); DarhtError otherwise."""
+    v = number(method, arg, value)
+    if v <= 0:
+        raise DarhtError(f"method '{method.name}': {arg} must be > 0, got {value!r}")
+    return v
 
 
 def require_teachers(method: str, teachers: list, exactly: int | None = None) -> None:
@@ -82,10 +79,11 @@ class KD(Method):
 
     def __init__(self, model: nn.Module, teachers: list[nn.Module] | None = None, *,
                  alpha: float = 0.9, t: float = 4.0, **unknown: Any):
+        check_args(self, unknown)
         super().__init__(model, teachers)
-        check_args(self.name, unknown, alpha=(alpha, "[0,1]"), t=(t, ">0"))
         require_teachers(self.name, self.teachers)
-        self.alpha, self.t = float(alpha), float(t)
+        self.alpha = fraction(self, "alpha", alpha)
+        self.t = positive(self, "t", t)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         t = self.t

@@ -154,27 +154,16 @@ def darht_student(num_classes: int, in_chans: int = 3, img_size: int = 32, *, ba
         raise DarhtError("darht-student: the backbone cannot itself be a darht-student")
     bkw = copy.deepcopy(backbone_kwargs or {})
     net = create_model(backbone, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **bkw)
-    # The backbone's own classifier is never used; freeze it so optimisers and DDP skip it.
-    used = _feature_params(net)
-    for p in net.parameters():
-        if id(p) not in used:
-            p.requires_grad_(False)
+    # The backbone's own classifier is never used: freeze it so optimisers (and weight decay) and
+    # gradient all-reduce skip it. Its weights stay in the state dict, so the spec rebuilds as is.
+    try:
+        head = net.classifier_head
+    except (AttributeError, NotImplementedError, DarhtError):
+        head = None
+    if isinstance(head, nn.Module):
+        head.requires_grad_(False)
     student = DarhtStudent(net, num_classes, num_teachers, dropout=dropout, mc_samples=mc_samples)
     student.spec.update(in_chans=in_chans, img_size=img_size)
     student.spec["kwargs"].update(backbone=backbone, backbone_kwargs=bkw)
     return student
 
-
-def _feature_params(net: nn.Module) -> set[int]:
-    """ids of the parameters forward_features uses: all but those only forward_head touches.
-
-    Found by elimination on the parameters of modules that appear only in the head; the zoo's
-    models expose the head as `head`, `fc`, `classifier` or `linear` (falls back to "all used").
-    """
-    params = {id(p) for p in net.parameters()}
-    head = getattr(net, "classifier_head", None) or next(
-        (getattr(net, a) for a in ("head", "fc", "classifier", "linear")
-         if isinstance(getattr(net, a, None), nn.Module)), None)
-    if isinstance(head, nn.Module) and not isinstance(head, type(net)):
-        params -= {id(p) for p in head.parameters()}
-    return params

@@ -1,0 +1,420 @@
+"""One training loop for teachers (adversarial training) and students (distillation) alike.
+
+The method (darht.methods) turns a batch into losses; the trainer owns everything else: data,
+optimizer and lr schedule, AMP, validation on a held-out split of train (never the test set),
+checkpoints and resume, records, and data-parallel runs under torchrun. It never branches on
+the method's name.
+
+Run directory (`cfg.out`): config.yaml, metrics.jsonl (one line per epoch), last.pt (full
+training state, `torch.load(weights_only=True)`-safe), last/best.{safetensors,json} (weights for
+`darht evaluate` / `load_model(run_dir)`; best = highest validation robust accuracy, ties ->
+clean accuracy).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from darht.config import TrainConfig, dump_yaml, to_dict
+from darht.engine import checkpoint as ckpt
+from darht.engine import distributed as ddp
+from darht.engine.schedules import LRSchedule
+from darht.errors import DarhtError
+from darht.utils import git_revision, resolve_device, seed_everything
+
+
+def log(msg: str, info: ddp.DistInfo | None = None) -> None:
+    if info is None or info.is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
+    """Train `cfg.method` as configured; returns a summary (best epoch/metrics, paths).
+
+    With `resume`, continue from `cfg.out`/last.pt (bit-identical to an uninterrupted run on CPU).
+    Under torchrun (WORLD_SIZE > 1) every rank runs this; only rank 0 writes files.
+    """
+    _check_config(cfg)
+    info, device = ddp.init_distributed(resolve_device(cfg.device))
+    ok = False
+    try:
+        summary = _Run(cfg, info, device).run(resume)
+        ok = True
+        return summary
+    finally:
+        if ok:
+            ddp.cleanup(info)
+        elif info.owns_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # no barrier: other ranks may be gone
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    if cfg.amp not in ("none", "bf16", "fp16"):
+        raise DarhtError(f"amp must be none, bf16 or fp16, got '{cfg.amp}'")
+    for name, v in (("epochs", cfg.epochs), ("batch_size", cfg.batch_size), ("eval.every", cfg.eval.every)):
+        if v < 1:
+            raise DarhtError(f"{name} must be >= 1, got {v}")
+
+
+class _Run:
+    def __init__(self, cfg: TrainConfig, info: ddp.DistInfo, device: torch.device):
+        self.cfg, self.info, self.device = cfg, info, device
+        self.run_dir = Path(cfg.out)
+        self.best: dict = {"epoch": 0, "val_robust": None, "val_clean": None}
+        self.writer = None
+
+    # ---- set-up ----------------------------------------------------------------------------------
+    def run(self, resume: bool) -> dict:
+        cfg, info = self.cfg, self.info
+        state = self._find_checkpoint(resume)
+        if state is not None and state["epoch"] >= cfg.epochs:
+            log(f"run {self.run_dir} already finished ({state['epoch']} of {cfg.epochs} epochs)", info)
+            self.best = state.get("best", self.best)
+            return self._summary(state["epoch"])
+        seed_everything(cfg.seed)
+        self._setup_data()
+        self._setup_model()
+        start = 0
+        if state is not None:
+            start = self._restore(state)
+        if info.enabled:
+            ddp.broadcast_module(self.model)
+        self._restore_rng(state)
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_yaml(cfg, self.run_dir / "config.yaml")
+            self.writer = _tensorboard(self.run_dir)
+        for epoch in range(start, cfg.epochs):
+            self._epoch(epoch)
+        ddp.barrier(info)
+        if self.writer is not None:
+            self.writer.close()
+        return self._summary(cfg.epochs)
+
+    def _find_checkpoint(self, resume: bool) -> dict | None:
+        path = self.run_dir / ckpt.LAST
+        if not resume:
+            if path.exists():
+                raise DarhtError(f"{self.run_dir} already holds a run; resume it or choose another output directory")
+            return None
+        if not path.exists():
+            log(f"no checkpoint in {self.run_dir}: starting a fresh run", self.info)
+            return None
+        return ckpt.load_checkpoint(path)
+
+    def _setup_data(self) -> None:
+        from darht.data.base import load_dataset, split_train_val
+        from darht.data.loader import Augment, Loader
+
+        cfg, info = self.cfg, self.info
+        data = load_dataset(cfg.data.name, "train", cfg.data.root, **cfg.data.kwargs)
+        if cfg.data.limit is not None:
+            data = data.subset(slice(0, cfg.data.limit))
+        train, val = split_train_val(data, cfg.data.val_fraction, cfg.seed)
+        self.data, self.val = train, val
+        # cfg.batch_size is the global batch: each of the world_size ranks takes its share.
+        if cfg.batch_size % info.world_size:
+            log(f"note: batch size {cfg.batch_size} is not divisible by {info.world_size} ranks", info)
+        per_rank = max(1, cfg.batch_size // info.world_size)
+        augment = Augment(cfg.data.padding, cfg.data.flip) if cfg.data.augment else None
+        self.loader = Loader(train, per_rank, shuffle=True, seed=cfg.seed, augment=augment, device=self.device,
+                             rank=info.rank, world_size=info.world_size)
+
+    def _setup_model(self) -> None:
+        from darht.methods.teachers import load_teacher
+        from darht.registry import METHODS
+
+        cfg, device = self.cfg, self.device
+        method_cls = METHODS.get(cfg.method)
+        specs = list(cfg.teachers) + ([cfg.teacher_natural] if cfg.teacher_natural else [])
+        if getattr(method_cls, "needs_teachers", False) and not specs:
+            raise DarhtError(f"method '{cfg.method}' distills from teachers: set `teachers` in the config")
+        c, h, _ = self.data.shape
+        k = self.data.num_classes
+        teachers = [load_teacher(s, num_classes=k, in_chans=c, img_size=h, bf16=cfg.teacher_bf16).to(device)
+                    for s in specs]
+        model = method_cls.build_model(cfg.model.name, k, c, h, num_teachers=len(teachers), **cfg.model.kwargs)
+        if cfg.model.weights:
+            _load_weights(model, cfg.model.weights)
+        model = model.to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model  # the plain module: saved, all-reduced, broadcast
+        net = _maybe_compile(model, self.data, device) if cfg.compile else model
+        try:
+            self.method = method_cls(net, teachers=teachers, **cfg.method_args)
+        except (TypeError, ValueError) as e:
+            raise DarhtError(f"method '{cfg.method}': bad method_args: {e}") from None
+        self.net = net
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                         weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+        self.schedule = LRSchedule(self.optimizer, cfg.optim, cfg.epochs, len(self.loader),
+                                   getattr(method_cls, "original_schedule", None))
+        self.autocast = _autocast(cfg.amp, device)
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+        self.git = git_revision() if self.info.is_main else None
+
+    def _restore(self, state: dict) -> int:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise DarhtError(f"{self.run_dir / ckpt.LAST} does not match this config's model: "
+                             f"{str(e).splitlines()[0]}") from None
+        self.schedule.load_state_dict(state.get("scheduler") or {})
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.method.load_state_dict(state.get("method") or {})
+        self.best = state.get("best", self.best)
+        if self.info.is_main:
+            ckpt.truncate_metrics(self.run_dir, state["epoch"])
+        log(f"resuming {self.run_dir} after epoch {state['epoch']}", self.info)
+        return int(state["epoch"])
+
+    def _restore_rng(self, state: dict | None) -> None:
+        """Last step before the loop, so no set-up work consumes the restored streams."""
+        rank = self.info.rank
+        if state is not None and rank < len(state.get("rng", [])):
+            ckpt.set_rng_state(state["rng"][rank])
+        elif rank > 0:  # each rank draws its own attack starts / dropout masks
+            seed_everything(self.cfg.seed + 1_000_003 * rank + (state or {}).get("epoch", 0))
+
+    # ---- one epoch -------------------------------------------------------------------------------
+    def _epoch(self, epoch: int) -> None:
+        cfg, info = self.cfg, self.info
+        t0 = time.perf_counter()
+        lr_scale = self.schedule.set(epoch, 0)
+        self.method.start_epoch(epoch, cfg.epochs, lr_scale=lr_scale)
+        train = self._train_epoch(epoch)
+        t_train = time.perf_counter() - t0
+        if info.enabled:
+            ddp.broadcast_buffers(self.model)  # BN statistics: rank 0's, on every rank
+        val = {}
+        if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.epochs:
+            val = self._validate()
+        improved = self._update_best(epoch + 1, val)
+        record = {"epoch": epoch + 1, "lr": cfg.optim.lr * lr_scale, **train, **val,
+                  "time": time.perf_counter() - t0, "images_per_s": train["train_examples"] / max(t_train, 1e-9)}
+        rngs = ddp.all_gather_object(ckpt.rng_state(), info)
+        if info.is_main:
+            self._save(epoch + 1, record, improved, rngs)
+        log(_epoch_line(record, cfg.epochs), info)
+
+    def _train_epoch(self, epoch: int) -> dict:
+        from tqdm import tqdm
+
+        cfg, info, model = self.cfg, self.info, self.model
+        self.loader.set_epoch(epoch)
+        self.net.train()  # the module the method calls (a compiled wrapper's flag must follow too)
+        params = [p for p in model.parameters() if p.requires_grad]
+        sums: dict[str, torch.Tensor] = {}
+        count = torch.zeros((), dtype=torch.float64, device=self.device)
+        n_batches = len(self.loader)
+        every = max(1, n_batches // 20)  # progress-bar refreshes: each one costs a device sync
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
+        t0 = time.perf_counter()
+        for it, (x, y) in enumerate(self.loader):
+            self.schedule.set(epoch, it)
+            if cfg.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                out = self.method.loss(x, y)
+            self._step(out["loss"], params)
+            n = y.shape[0]
+            count += n
+            for key, v in out.items():  # detached sums; converted once per epoch (no per-step sync)
+                part = v.detach().double() * n
+                sums[key] = sums[key] + part if key in sums else part
+            bar.update(1)
+            if not bar.disable and (it + 1) % every == 0:
+                seen = count.item() * info.world_size
+                bar.set_postfix(loss=f"{(sums['loss'] / count).item():.4f}",
+                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        bar.close()
+        keys = sorted(sums)  # every rank has the same keys: same method, same code path
+        totals = torch.stack([sums[k] for k in keys] + [count])
+        if info.enabled:
+            ddp.all_reduce_sum(totals)
+        totals = totals.tolist()
+        n_total = totals[-1]
+        means = {f"train_{k}": (v / n_total if n_total else math.nan) for k, v in zip(keys, totals)}
+        return {**means, "train_examples": int(n_total)}
+
+    def _step(self, loss: torch.Tensor, params: list[nn.Parameter]) -> None:
+        scaler = self.scaler
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if self.info.enabled:
+            ddp.average_gradients(params, self.info.world_size)
+        if self.cfg.optim.grad_clip:
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+
+    # ---- validation, best, saving ----------------------------------------------------------------
+    def _validate(self) -> dict:
+        cfg, info = self.cfg, self.info
+        n = min(cfg.eval.n, len(self.val))
+        if n == 0:
+            return {}
+        idx = torch.arange(info.rank, n, info.world_size)  # each rank validates its share
+        part = self.val.subset(idx)
+        with self.autocast():
+            counts = validate(self.net, part.float_x(), part.y, cfg.eval.attack, eps=cfg.eval.eps,
+                              steps=cfg.eval.steps, batch_size=cfg.batch_size, device=self.device)
+        totals = torch.tensor(counts, dtype=torch.float64, device=self.device)
+        if info.enabled:
+            ddp.all_reduce_sum(totals)
+        clean, robust, total = totals.tolist()
+        return {"val_clean": clean / total, "val_robust": robust / total, "val_examples": int(total)}
+
+    def _update_best(self, epoch: int, val: dict) -> bool:
+        """Without any validation yet, the latest epoch stands in (so `best` always exists)."""
+        if not val:
+            if self.best["val_robust"] is None:
+                self.best = {"epoch": epoch, "val_robust": None, "val_clean": None}
+                return True
+            return False
+        if is_better(val, self.best):
+            self.best = {"epoch": epoch, "val_robust": val["val_robust"], "val_clean": val["val_clean"]}
+            return True
+        return False
+
+    def _save(self, epoch: int, record: dict, improved: bool, rngs: list[dict]) -> None:
+        """Order matters for crash safety: records and weights first, last.pt (the commit point)
+        last; a resume drops metrics lines after last.pt's epoch."""
+        from darht.models.io import save_model
+
+        cfg = self.cfg
+        ckpt.append_metrics(self.run_dir, record)
+        if self.writer is not None:
+            for k, v in record.items():
+                if k != "epoch" and isinstance(v, (int, float)):
+                    self.writer.add_scalar(k, v, epoch)
+        meta = {"method": cfg.method, "epoch": epoch, "data": cfg.data.name,
+                "val_clean": record.get("val_clean"), "val_robust": record.get("val_robust")}
+        save_model(self.model, self.run_dir / "last", meta=meta)
+        if improved:
+            save_model(self.model, self.run_dir / "best", meta=meta)
+        state = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": epoch, "epochs": cfg.epochs, "method": self.method.state_dict(),
+            "rng": rngs, "config": to_dict(cfg), "git": self.git, "best": dict(self.best),
+        }
+        ckpt.save_checkpoint(self.run_dir / ckpt.LAST, ckpt.to_cpu(state))
+
+    def _summary(self, epochs_done: int) -> dict:
+        d = self.run_dir
+        return {"run_dir": str(d), "epochs": epochs_done, "best_epoch": self.best["epoch"],
+                "best_val_robust": self.best["val_robust"], "best_val_clean": self.best["val_clean"],
+                "checkpoint": str(d / ckpt.LAST), "best": str(d / "best.safetensors"),
+                "last": str(d / "last.safetensors"), "metrics": str(d / ckpt.METRICS)}
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def is_better(val: dict, best: dict) -> bool:
+    """Checkpoint choice: higher validation robust accuracy, ties -> higher clean accuracy; an
+    exact tie keeps the earlier epoch."""
+    if best.get("val_robust") is None:
+        return True
+    return (val["val_robust"], val["val_clean"]) > (best["val_robust"], best["val_clean"])
+
+
+@torch.no_grad()
+def _accuracy_counts(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return model(x).argmax(1) == y
+
+
+def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, *, eps: float, steps: int,
+             batch_size: int, device: torch.device) -> tuple[int, int, int]:
+    """(#correct clean, #correct under `attack` and clean (worst case per example), #examples)."""
+    from darht.registry import ATTACKS
+
+    fn = ATTACKS.get(attack)
+    params = inspect.signature(fn).parameters
+    takes_steps = "steps" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+    kw = {"steps": steps} if takes_steps else {}
+    was_training = model.training
+    model.eval()
+    clean = robust = 0
+    try:
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            ok = _accuracy_counts(model, xb, yb)
+            x_adv = fn(model, xb, yb, eps=eps, **kw)
+            ok_adv = ok & _accuracy_counts(model, x_adv, yb)
+            clean += int(ok.sum())
+            robust += int(ok_adv.sum())
+    finally:
+        model.train(was_training)
+    return clean, robust, len(y)
+
+
+def _autocast(amp: str, device: torch.device) -> Callable[[], Any]:
+    if amp == "none":
+        return nullcontext
+    if amp == "fp16" and device.type != "cuda":
+        raise DarhtError(f"amp fp16 needs a CUDA device (this run is on {device.type}); use amp: bf16")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _load_weights(model: nn.Module, path: str) -> None:
+    """Start from `path` (our .safetensors, a run directory, last.pt, a state dict); keys must fit."""
+    from darht.models.io import load_state, read_state_dict
+
+    state, _ = read_state_dict(path)
+    load_state(model, state, what=f"model.weights {path}")
+
+
+def _maybe_compile(model: nn.Module, data: Any, device: torch.device) -> nn.Module:
+    """torch.compile, checked with one forward+backward (compilation is lazy); on failure warn and
+    train uncompiled. The trial leaves weights, buffers, grads and RNG streams as they were."""
+    try:
+        compiled = torch.compile(model)
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
+        rng = ckpt.rng_state()
+        try:
+            x = data.subset(slice(0, 2)).float_x().to(device)
+            compiled.train()(x).float().sum().backward()
+        finally:
+            model.load_state_dict(saved)
+            model.zero_grad(set_to_none=True)
+            ckpt.set_rng_state(rng)
+        return compiled
+    except Exception as e:  # noqa: BLE001 - any backend failure means: run eagerly
+        warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                      "training uncompiled", stacklevel=2)
+        return model
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def _epoch_line(r: dict, epochs: int) -> str:
+    val = f" val clean {r['val_clean']:.4f} robust {r['val_robust']:.4f}" if "val_clean" in r else ""
+    return (f"epoch {r['epoch']}/{epochs} lr {r['lr']:.4g} loss {r['train_loss']:.4f}{val} "
+            f"({r['time']:.1f} s, {r['images_per_s']:.0f} img/s)")

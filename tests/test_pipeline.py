@@ -1,0 +1,95 @@
+"""`darht run` on a tiny config: every stage runs, re-running skips them, tables match the records."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+import yaml
+
+from darht.cli import main
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "device": "cpu",
+    "data": {"name": "synthetic", "val_fraction": 0.25, "augment": False,
+             "kwargs": {"n": 96, "num_classes": 4, "shape": [1, 12, 12], "seed": 5}},
+    "train": {"epochs": 1, "batch_size": 32, "optim": {"lr": 0.05},
+              "eval": {"n": 16, "steps": 1, "eps": 0.03}},
+    "teachers": {
+        "cnn": {"model": {"name": "small-cnn"}, "method": "pgd-at", "method_args": {"steps": 1, "eps": 0.03}},
+        "vit": {"model": {"name": "vit-tiny"}, "method": "standard"},
+    },
+    "students": {
+        "darht": {"model": {"name": "small-cnn"}, "method": "darht", "teachers": ["cnn", "vit"],
+                  "method_args": {"steps": 1, "eps": 0.03}},
+        "rslad": {"model": {"name": "small-cnn"}, "method": "rslad", "teachers": ["cnn"],
+                  "method_args": {"steps": 1, "eps": 0.03}},
+    },
+    "evaluation": {"attacks": ["fgsm", "pgd"], "eps": 0.03, "n": 24, "trials": 3, "batch_size": 32,
+                   "attack_args": {"pgd": {"steps": 1}}},
+    "transfer": {"attack": "fgsm", "eps": 0.03, "n": 24},
+    "progress": False,
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipe")
+    cfg = dict(TINY, out=str(tmp / "run"))
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--no-progress"]) == 0
+    return tmp / "run", path
+
+
+def test_every_stage_wrote_its_outputs(run):
+    out, _ = run
+    for d in ("teachers/cnn", "teachers/vit", "students/darht", "students/rslad"):
+        assert (out / d / "best.safetensors").is_file(), d
+    for r in ("student-darht", "student-rslad", "transfer"):
+        assert (out / "records" / f"{r}.json").is_file(), r
+    assert (out / "report" / "report.md").is_file()
+    assert (out / "report" / "results.csv").is_file()
+    assert (out / "report" / "transfer.png").is_file()
+
+
+def test_table_values_equal_the_json_records(run):
+    out, _ = run
+    md = (out / "report" / "report.md").read_text()
+    rows = list(csv.DictReader((out / "report" / "results.csv").open()))
+    assert rows
+    for row in rows:
+        rec = json.loads((out / "records" / f"{row['model']}.json").read_text())
+        s = rec["summary"]
+        trials = rec["trials"]
+        clean = sum(t["clean"] for t in trials) / len(trials)
+        robust = sum(t["robust"][row["attack"]] for t in trials) / len(trials)
+        assert float(row["clean"]) == pytest.approx(clean)
+        assert float(row["robust"]) == pytest.approx(robust)
+        assert float(row["w_robust"]) == pytest.approx((clean + robust) / 2)
+        assert float(row["w_robust"]) == pytest.approx(s["w_robust"][row["attack"]]["mean"])
+        line = next(line for line in md.splitlines() if line.startswith(f"| {row['attack']} | {row['model']} |"))
+        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+        assert float(cells[2]) == pytest.approx(100 * clean, abs=0.005)
+        assert float(cells[3]) == pytest.approx(100 * robust, abs=0.005)
+        assert float(re.split(r"\s*±", cells[4])[0]) == pytest.approx(100 * (clean + robust) / 2, abs=0.005)
+
+
+def test_rerun_skips_finished_stages(run, capsys):
+    out, path = run
+    before = {p: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
+    ckpt = (out / "students" / "darht" / "best.safetensors").stat().st_mtime_ns
+    assert main(["run", str(path), "--no-progress"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")} == before
+    assert (out / "students" / "darht" / "best.safetensors").stat().st_mtime_ns == ckpt
+    assert "skipped" in capsys.readouterr().out
+
+
+def test_report_verb_rebuilds_from_records(run, capsys):
+    out, _ = run
+    assert main(["report", str(out)]) == 0
+    assert "W-Robust" in capsys.readouterr().out
