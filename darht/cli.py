@@ -112,6 +112,17 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- evaluate
+def parse_data_args(items: list[str]) -> dict[str, Any]:
+    """--data-arg KEY=VALUE (repeatable) -> loader keyword arguments, values read as YAML."""
+    from darht.config import parse_override
+
+    out: dict[str, Any] = {}
+    for item in items:
+        keys, value = parse_override(item)
+        out[".".join(keys)] = value
+    return out
+
+
 def _parse_attack_args(items: list[str]) -> dict[str, dict[str, Any]]:
     from darht.config import parse_override
 
@@ -160,7 +171,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from darht.evaluation.robustness import EvalSpec, evaluate, markdown_table
     from darht.utils import atomic_write_json, git_revision, resolve_device
 
-    data = load_dataset(args.data, args.split, args.root)
+    data = load_dataset(args.data, args.split, args.root, **parse_data_args(args.data_arg))
     c, h, _ = data.shape
     model, meta = load_eval_model(args, data.num_classes, c, h)
     if getattr(model, "spec", {}).get("num_classes", data.num_classes) != data.num_classes:
@@ -257,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--root")
     p.add_argument("--split", default="test")
+    p.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="data set option, e.g. --data-arg size=32 (repeatable)")
     p.add_argument("--attacks", help="comma-separated (default: fgsm,pgd,cw-inf,apgd-ce,square; '' for clean only)")
     p.add_argument("--attack-arg", action="append", default=[], metavar="ATTACK.KEY=VALUE",
                    help="e.g. --attack-arg pgd.steps=20 --attack-arg square.n_queries=1000")

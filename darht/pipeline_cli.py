@@ -11,6 +11,7 @@ from darht.errors import DarhtError
 def cmd_transfer(args: argparse.Namespace) -> int:
     import torch
 
+    from darht.cli import parse_data_args
     from darht.data import load_dataset
     from darht.evaluation.transfer import select_teachers, student_transfer, transfer_matrix
     from darht.methods.teachers import load_teacher
@@ -18,7 +19,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from darht.report.tables import transfer_markdown
     from darht.utils import atomic_write_json, resolve_device
 
-    data = load_dataset(args.data, args.split, args.root)
+    data = load_dataset(args.data, args.split, args.root, **parse_data_args(args.data_arg))
     c, h, _ = data.shape
     device = resolve_device(args.device)
     x, y = data.float_x().to(device), data.y.to(device)
@@ -81,6 +82,7 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--root")
     p.add_argument("--split", default="test")
+    p.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE", help="data set option")
     p.add_argument("--student", help="student checkpoint / run directory")
     p.add_argument("--teacher", action="append", default=[], help="teacher checkpoint / run dir (repeatable)")
     p.add_argument("--select", type=positive_int, metavar="J", help="propose the J candidates with lowest mutual transfer")

@@ -19,17 +19,30 @@ from darht.models import create_model, is_randomized
 from darht.models.student import DarhtStudent
 from darht.registry import METHODS
 
-K, C, S = 10, 1, 28  # classes, channels, image size
+K, C, S = 10, 1, 16  # classes, channels, image size
+SMALL = {"width": 8}  # keeps every network tiny: the tests check math, not accuracy
 
 
 def teachers(j: int, seed: int = 1) -> list[FrozenTeacher]:
+    """Random small CNNs with their classifier rescaled to logits of std ~4: confident, distinct
+    teachers, so that KL directions and teacher weights visibly matter."""
     torch.manual_seed(seed)
-    return [load_teacher("small-cnn", num_classes=K, in_chans=C, img_size=S) for _ in range(j)]
+    return [FrozenTeacher(sharp(create_model("small-cnn", K, C, S, **SMALL))) for _ in range(j)]
+
+
+def sharp(net: torch.nn.Module) -> torch.nn.Module:
+    """Rescale a random small CNN's classifier to logits of std ~4 (random init is near uniform)."""
+    probe, _ = batch(16, seed=99)
+    with torch.no_grad():
+        fc = net.classifier_head
+        fc.weight.mul_(4.0 / net.eval()(probe).std())
+        fc.bias.uniform_(-2.0, 2.0)
+    return net
 
 
 def student(j: int = 2, dropout: float = 0.3, mc: int = 4) -> DarhtStudent:
     torch.manual_seed(0)
-    return Darht.build_model("small-cnn", K, C, S, num_teachers=j, dropout=dropout, mc_samples=mc)
+    return Darht.build_model("small-cnn", K, C, S, num_teachers=j, dropout=dropout, mc_samples=mc, **SMALL)
 
 
 def batch(n: int = 8, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,8 +110,8 @@ def test_student_save_load_round_trip(tmp_path) -> None:
     x, _ = batch(4)
     net.set_deterministic(True), back.set_deterministic(True)
     assert torch.equal(net(x), back(x))
-    spec = net.spec
-    rebuilt = create_model(spec["name"], spec["num_classes"], spec["in_chans"], spec["img_size"], **spec["kwargs"])
+    spec = copy.deepcopy(net.spec)
+    rebuilt = create_model(**spec)
     assert rebuilt.state_dict().keys() == net.state_dict().keys()
 
 
@@ -110,7 +123,7 @@ def test_build_model_errors() -> None:
     with pytest.raises(DarhtError):
         Darht(student(j=1), teachers(1), no_such_arg=1)
     with pytest.raises(DarhtError):
-        Darht(create_model("small-cnn", K, C, S), teachers(1))  # not a darht-student
+        Darht(create_model("small-cnn", K, C, S, **SMALL), teachers(1))  # not a darht-student
     with pytest.raises(DarhtError):
         Darht(student(j=1), teachers(1), attack="nope")
     assert "darht" in METHODS and "darht-official" in METHODS
@@ -120,7 +133,7 @@ def test_build_model_errors() -> None:
 def test_teacher_frozen_and_checked(tmp_path) -> None:
     from darht.models.io import save_model
 
-    net = create_model("small-cnn", K, C, S)
+    net = create_model("small-cnn", K, C, S, **SMALL)
     save_model(net, tmp_path / "t")
     t = load_teacher(str(tmp_path / "t.safetensors"), num_classes=K, in_chans=C, img_size=S)
     assert isinstance(t, FrozenTeacher) and not t.training
@@ -283,16 +296,21 @@ def test_teachers_unchanged_and_gradless() -> None:
 
 
 # -- baselines ------------------------------------------------------------------------------------
-def _fake_pgd(record: dict):
+def _shift(x: torch.Tensor) -> torch.Tensor:
+    return (x + 0.03).clamp(0, 1)
+
+
+def _fake_pgd(record: dict, perturb=_shift):
+    """Stands in for PGD: records its arguments, returns a fixed perturbation."""
     def attack(model, x, y, **kw):
         record.update(kw, model=model)
-        return (x + 0.03).clamp(0, 1)
+        return perturb(x)
     return attack
 
 
 def test_kd_loss_equals_direct() -> None:
     ts = teachers(2)
-    net = create_model("small-cnn", K, C, S).eval()
+    net = sharp(create_model("small-cnn", K, C, S, **SMALL))
     method = METHODS.get("kd")(net, ts, alpha=0.7, t=3.0)
     x, y = batch(6)
     out = method.loss(x, y)
@@ -306,13 +324,13 @@ def test_ard_loss_equals_direct(monkeypatch) -> None:
     rec: dict = {}
     monkeypatch.setattr(ard_mod, "pgd", _fake_pgd(rec))
     ts = teachers(1)
-    net = create_model("small-cnn", K, C, S).eval()
+    net = sharp(create_model("small-cnn", K, C, S, **SMALL))
     method = ard_mod.ARD(net, ts, alpha=0.6, t=5.0)
     x, y = batch(6)
     out = method.loss(x, y)
     assert rec["model"] is net and rec["loss"] == "ce" and rec["start"] == "uniform"
     p = F.softmax(ts[0](x) / 5, 1)  # teacher on CLEAN x
-    q = F.softmax(net((x + 0.03).clamp(0, 1)) / 5, 1)
+    q = F.softmax(net(_shift(x)) / 5, 1)
     expect = 0.6 * 25 * kl_rows(p, q).mean() + 0.4 * F.cross_entropy(net(x), y)
     assert torch.allclose(out["loss"], expect, atol=1e-5)
 
@@ -321,43 +339,43 @@ def test_rslad_loss_equals_direct(monkeypatch) -> None:
     rec: dict = {}
     monkeypatch.setattr(rslad_mod, "pgd", _fake_pgd(rec))
     ts = teachers(2)
-    net = create_model("small-cnn", K, C, S).eval()
+    net = sharp(create_model("small-cnn", K, C, S, **SMALL))
     method = rslad_mod.RSLAD(net, ts)
     x, y = batch(6)
     out = method.loss(x, y)
     p = (F.softmax(ts[0](x), 1) + F.softmax(ts[1](x), 1)) / 2  # averaged soft labels, clean x
     assert rec["loss"] == "kl" and rec["start"] == "normal" and torch.allclose(rec["target_probs"], p)
-    adv = kl_rows(p, F.softmax(net((x + 0.03).clamp(0, 1)), 1)).mean()
+    adv = kl_rows(p, F.softmax(net(_shift(x)), 1)).mean()
     nat = kl_rows(p, F.softmax(net(x), 1)).mean()
     assert torch.allclose(out["loss"], 5 / 6 * adv + 1 / 6 * nat, atol=1e-5)
 
 
 def test_mtard_loss_and_weight_update(monkeypatch) -> None:
     rec: dict = {}
-    monkeypatch.setattr(mtard_mod, "pgd", _fake_pgd(rec))
     t_adv, t_nat = teachers(2)
-    net = create_model("small-cnn", K, C, S).eval()
-    method = mtard_mod.MTARD(net, [t_adv, t_nat], eta=0.2)
+    net = sharp(create_model("small-cnn", K, C, S, **SMALL))
+    method = mtard_mod.MTARD(net, [t_adv, t_nat], eta=0.8)
     method.start_epoch(0, 10, lr_scale=0.5)
 
-    def losses(x):
-        xa = (x + 0.03).clamp(0, 1)
-        return (kl_rows(F.softmax(t_adv(xa), 1), F.softmax(net(xa), 1)).mean().item(),
+    def step(x, y, perturb):
+        """The method's loss and the two KL terms computed directly, with `perturb` as the attack."""
+        monkeypatch.setattr(mtard_mod, "pgd", _fake_pgd(rec, perturb))
+        out = method.loss(x, y)
+        xa = perturb(x)
+        return (out, kl_rows(F.softmax(t_adv(xa), 1), F.softmax(net(xa), 1)).mean().item(),
                 kl_rows(F.softmax(t_nat(x), 1), F.softmax(net(x), 1)).mean().item())
 
-    x1, y1 = batch(6, seed=1)
-    out1 = method.loss(x1, y1)
-    a1, n1 = losses(x1)
+    out1, a1, n1 = step(*batch(6, seed=1), _shift)
+    assert rec["loss"] == "ce" and rec["start"] == "normal" and rec["model"] is net
     assert math.isclose(method.w_nat, 0.5, rel_tol=1e-9)  # r_adv = r_nat = 1 at the first step
     assert math.isclose(out1["loss"].item(), 0.5 * a1 + 0.5 * n1, rel_tol=1e-5)
-    x2, y2 = batch(6, seed=2)
-    out2 = method.loss(x2, y2)
-    a2, n2 = losses(x2)
+    out2, a2, n2 = step(*batch(6, seed=2), lambda x: 1 - x)  # adversarial loss moves, natural not
     r_adv, r_nat = a2 / a1, n2 / n1
-    w_nat = 0.5 - 0.2 * 0.5 * (0.5 - r_nat / (r_adv + r_nat))  # eta decayed with the lr
+    w_nat = 0.5 - 0.8 * 0.5 * (0.5 - r_nat / (r_adv + r_nat))  # eta decayed with the lr
+    assert abs(w_nat - 0.5) > 1e-2  # the update is visible
     assert math.isclose(method.w_nat, w_nat, rel_tol=1e-5)
     assert math.isclose(out2["loss"].item(), (1 - w_nat) * a2 + w_nat * n2, rel_tol=1e-5)
-    resumed = mtard_mod.MTARD(net, [t_adv, t_nat], eta=0.2)
+    resumed = mtard_mod.MTARD(net, [t_adv, t_nat], eta=0.8)
     resumed.load_state_dict(method.state_dict())
     assert resumed.state_dict() == method.state_dict()
     with pytest.raises(DarhtError):
@@ -365,7 +383,7 @@ def test_mtard_loss_and_weight_update(monkeypatch) -> None:
 
 
 def test_baselines_reject_bad_args() -> None:
-    net = create_model("small-cnn", K, C, S)
+    net = create_model("small-cnn", K, C, S, **SMALL)
     for name in ("kd", "ard", "rslad"):
         with pytest.raises(DarhtError):
             METHODS.get(name)(net, teachers(1), bogus=1)

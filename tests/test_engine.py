@@ -32,14 +32,14 @@ def raw_cfg(out: Path, **top) -> dict:
     raw = {
         "data": {"name": "synthetic", "kwargs": {"n": N, "shape": SHAPE, "num_classes": K},
                  "val_fraction": VAL, "augment": False},
-        "model": {"name": "small-cnn"},
+        "model": {"name": "small-cnn", "kwargs": {"width": 8}},
         "method": "pgd-at", "method_args": {"eps": 0.1, "alpha": 0.05, "steps": 2},
         "eval": {"attack": "pgd", "eps": 0.1, "steps": 2, "n": 64},
-        "optim": {"lr": 0.05, "schedule": "constant"},
+        "optim": {"lr": 0.1, "schedule": "constant"},
         "epochs": 2, "batch_size": 32, "seed": 3, "device": "cpu", "out": str(out), "progress": False,
     }
     for k, v in top.items():
-        if isinstance(v, dict) and isinstance(raw.get(k), dict):
+        if k in ("data", "model", "optim", "eval"):  # sections merge; method_args is replaced
             raw[k] = {**raw[k], **v}
         else:
             raw[k] = v
@@ -143,19 +143,19 @@ def untrained_robust(cfg) -> float:
     data = load_dataset("synthetic", "train", None, n=N, shape=SHAPE, num_classes=K)
     _, val = split_train_val(data, VAL, cfg.seed)
     seed_everything(cfg.seed)
-    model = create_model("small-cnn", num_classes=K, in_chans=1, img_size=12)
+    model = create_model("small-cnn", num_classes=K, in_chans=1, img_size=12, width=8)
     _, robust, n = validate(model, val.float_x(), val.y, "pgd", eps=cfg.eval.eps, steps=cfg.eval.steps,
                             batch_size=32, device=torch.device("cpu"))
     return robust / n
 
 
 def test_pgd_at_learns_and_writes_a_run(tmp_path):
-    cfg = cfg_for(tmp_path / "run", epochs=3)
+    cfg = cfg_for(tmp_path / "run", epochs=2)
     before = untrained_robust(cfg)
     summary = train(cfg)
     run = tmp_path / "run"
     recs = lines(run)
-    assert [r["epoch"] for r in recs] == [1, 2, 3]
+    assert [r["epoch"] for r in recs] == [1, 2]
     for r in recs:
         assert {"lr", "train_loss", "train_ce", "val_clean", "val_robust", "time", "images_per_s"} <= set(r)
         assert r["train_examples"] == N_TRAIN and r["val_examples"] == 64
@@ -169,9 +169,9 @@ def test_pgd_at_learns_and_writes_a_run(tmp_path):
     # files: atomic writes leave no temporaries; last.pt loads with weights_only=True
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
     state = torch.load(run / "last.pt", weights_only=True)
-    assert state["epoch"] == 3 and state["config"]["method"] == "pgd-at" and state["best"]["epoch"] == want["epoch"]
+    assert state["epoch"] == 2 and state["config"]["method"] == "pgd-at" and state["best"]["epoch"] == want["epoch"]
     assert {"model", "optimizer", "scheduler", "method", "rng", "git"} <= set(state)
-    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 3
+    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 2
     from darht.models.io import load_model
 
     exported = load_model(run)  # a run directory loads (best first)
@@ -182,7 +182,7 @@ def test_pgd_at_learns_and_writes_a_run(tmp_path):
 
 
 def test_resume_is_bit_identical(tmp_path, monkeypatch, capsys):
-    over = dict(data={"augment": True, "padding": 2}, optim={"schedule": "multistep", "milestones": [0.5]},
+    over = dict(data={"augment": True, "padding": 2, "limit": 128}, optim={"schedule": "multistep", "milestones": [0.5]},
                 method_args={"eps": 0.1, "alpha": 0.05, "steps": 1})
     straight = train(cfg_for(tmp_path / "a", **over))
 

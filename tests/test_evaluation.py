@@ -116,12 +116,11 @@ def test_sanity_checks_flag_a_randomized_model():
     assert any("Square" in n for n in notes)
 
 
-def test_cli_evaluate_prints_table_and_json_matching_direct_computation(trained, tmp_path, capsys, monkeypatch):
+def test_cli_evaluate_prints_table_and_json_matching_direct_computation(trained, tmp_path, capsys):
     model, path = trained
     out = tmp_path / "rec.json"
-    # synthetic data via the CLI takes the loader's defaults; evaluate our 12-px model on data of its shape
-    monkeypatch.setattr("darht.data.base.DATASETS.get", _synthetic_with(SYN))
-    code = main(["evaluate", "--checkpoint", str(path) + ".safetensors", "--data", "synthetic", "--attacks",
+    data_args = [a for k, v in SYN.items() for a in ("--data-arg", f"{k}={list(v) if isinstance(v, tuple) else v}")]
+    code = main(["evaluate", "--checkpoint", str(path) + ".safetensors", "--data", "synthetic", *data_args, "--attacks",
                  "fgsm", "--eps", "0.1", "--n", "40", "--trials", "3", "--batch-size", "16", "--out", str(out),
                  "--no-progress", "--device", "cpu"])
     assert code == 0
@@ -139,20 +138,6 @@ def test_cli_evaluate_prints_table_and_json_matching_direct_computation(trained,
         assert t["robust"]["fgsm"] == pytest.approx(robust[idx].float().mean().item())
         assert t["w_robust"]["fgsm"] == pytest.approx((t["clean"] + t["robust"]["fgsm"]) / 2)
     assert rec["trials_count"] == 3 and rec["n"] == 40
-
-
-def _synthetic_with(kw):
-    from darht.registry import DATASETS
-
-    real_get = DATASETS.get
-
-    def get(name):
-        fn = real_get(name)
-        if name != "synthetic":
-            return fn
-        return lambda split, root=None, **k: fn(split, root, **{**kw, **k})
-
-    return get
 
 
 def test_compare_gives_scipys_p_value(tmp_path, capsys):

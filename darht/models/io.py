@@ -39,10 +39,15 @@ _HEAD_KEYS = ("logits.weight", "fc.weight", "linear.weight", "head.weight", "cla
 
 # ---- saving -----------------------------------------------------------------------------------
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DDP (`module`) / torch.compile (`_orig_mod`) wrappers."""
-    while not getattr(model, "spec", None) and (hasattr(model, "module") or hasattr(model, "_orig_mod")):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
-    return model
+    """The model inside DDP/DataParallel (`module`) and torch.compile (`_orig_mod`) wrappers, so
+    saved keys carry no wrapper prefix (a compiled module forwards `.spec`, but not its keys)."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif "_orig_mod" in model._modules:
+            model = model._modules["_orig_mod"]
+        else:
+            return model
 
 
 def _stem(path: str | Path) -> Path:
@@ -152,10 +157,14 @@ def _torch_load(file: Path, map_location: Any) -> Any:
     try:
         return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
-            first = str(e).strip().splitlines()[0]
-            raise DarhtError(f"{file}: darht refuses to unpickle code from a checkpoint (torch.load with "
-                             f"weights_only=True: {first}); re-save it as a plain state dict of tensors") from None
+        msg = str(e)
+        if "weights only" in msg.lower() or "weights_only" in msg.lower():
+            # torch names the offending global on one line of its long message; keep only that
+            why = next((ln.strip() for ln in msg.splitlines() if "GLOBAL" in ln or "Unsupported" in ln),
+                       "it references objects other than tensors")
+            raise DarhtError(f"{file}: darht refuses to unpickle code from a checkpoint ({why}); "
+                             "only tensors/plain containers are read (torch.load weights_only=True); "
+                             "re-save it as a state dict of tensors") from None
         raise DarhtError(f"cannot read {file}: corrupt or not a PyTorch checkpoint ({e})") from None
     except Exception as e:  # zip/EOF/runtime errors from a truncated or foreign file
         raise DarhtError(f"cannot read {file}: corrupt or not a PyTorch checkpoint ({e})") from None

@@ -31,12 +31,20 @@ def _positive_int(what: str, v: Any) -> int:
 def create_model(name: str, num_classes: int, in_chans: int = 3, img_size: int = 32,
                  **kwargs: Any) -> nn.Module:
     """A new model with random weights; `pretrained_file=PATH` loads local weights into it
-    (a classifier of another size is left freshly initialised; see darht.models.io)."""
+    (a classifier of another size is left freshly initialised; see darht.models.io).
+
+    `kwargs=` (a dict) is merged into the keyword arguments, so `create_model(**model.spec)` works.
+    """
     if not isinstance(name, str) or not name:
         raise DarhtError(f"model name must be a non-empty string, got {name!r}")
     num_classes = _positive_int("num_classes", num_classes)
     in_chans = _positive_int("in_chans", in_chans)
     img_size = _positive_int("img_size", img_size)
+    nested = kwargs.pop("kwargs", None)  # create_model(**model.spec) passes the spec's kwargs as one dict
+    if nested is not None:
+        if not isinstance(nested, dict):
+            raise DarhtError(f"model kwargs must be a mapping, got {nested!r}")
+        kwargs = {**nested, **kwargs}
     pretrained_file = kwargs.pop("pretrained_file", None)
     spec_kwargs = copy.deepcopy(kwargs)  # builders may consume/mutate their kwargs
 
