@@ -140,8 +140,9 @@ def load_eval_model(args: argparse.Namespace, num_classes: int, in_chans: int, i
 
     if args.checkpoint:
         model = load_model(args.checkpoint, name=args.model)
-        meta = read_meta(args.checkpoint) if not str(args.checkpoint).endswith((".pt", ".pth", ".ckpt")) else {}
-        return model, {"checkpoint": str(args.checkpoint), **meta}
+        meta = read_meta(args.checkpoint)
+        return model, {"checkpoint": str(args.checkpoint), "spec": meta.get("spec", getattr(model, "spec", None)),
+                       **meta.get("meta", {})}
     if args.model and args.weights:
         model = load_model(args.weights, name=args.model, num_classes=num_classes, in_chans=in_chans,
                            img_size=img_size)
@@ -171,6 +172,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from darht.evaluation.robustness import EvalSpec, evaluate, markdown_table
     from darht.utils import atomic_write_json, git_revision, resolve_device
 
+    from darht.registry import ATTACKS
+
+    attacks = [a for a in args.attacks.split(",") if a] if args.attacks is not None else EvalSpec().attacks
+    for name in attacks:
+        ATTACKS.get(name)  # unknown names fail before any loading
     data = load_dataset(args.data, args.split, args.root, **parse_data_args(args.data_arg))
     c, h, _ = data.shape
     model, meta = load_eval_model(args, data.num_classes, c, h)
@@ -178,7 +184,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DarhtError(f"the model has {model.spec['num_classes']} classes, {args.data} has {data.num_classes}")
     if args.mode:
         _set_mc_mode(model, args.mode == "mc")
-    attacks = [a for a in args.attacks.split(",") if a] if args.attacks is not None else EvalSpec().attacks
     spec = EvalSpec(attacks=attacks, eps=args.eps, n=args.n, trials=args.trials, seed=args.seed,
                     batch_size=args.batch_size, attack_args=_parse_attack_args(args.attack_arg),
                     eot=args.eot, progress=not args.no_progress)
