@@ -164,7 +164,9 @@ class Pipeline:
 
         def teacher(name: str):
             if name not in load:
-                load[name] = load_teacher(self.teacher_path(name), num_classes=data.num_classes, in_chans=c, img_size=h)
+                # the frozen wrapper runs under inference mode; attacks need the differentiable model
+                load[name] = load_teacher(self.teacher_path(name), num_classes=data.num_classes, in_chans=c,
+                                          img_size=h).model.eval()
             return load[name]
 
         rec: dict[str, Any] = {"kind": "transfer", "students": {}, **kw}

@@ -27,7 +27,9 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     names = args.candidates if args.select else args.teacher
     if not names:
         raise DarhtError("transfer needs --teacher T (repeatable) with --student S, or --select J CANDIDATE...")
-    models = {n: load_teacher(n, num_classes=data.num_classes, in_chans=c, img_size=h).to(device) for n in names}
+    # the frozen wrapper runs under inference mode; attacks need the differentiable model
+    models = {n: load_teacher(n, num_classes=data.num_classes, in_chans=c, img_size=h).model.to(device).eval()
+              for n in names}
     torch.manual_seed(args.seed)
     rec: dict[str, Any] = {"kind": "transfer", "data": args.data, **{k: v for k, v in kw.items() if k != "batch_size"}}
     if args.select:

@@ -68,6 +68,7 @@ def test_mc_head_equals_c_full_forwards_with_same_masks(train: bool) -> None:
     assert masks.shape == (5, 6, net.num_features)
     keep = masks != 0
     assert torch.allclose(masks[keep], torch.tensor(1 / 0.6))  # inverted dropout scaling
+    assert 0.3 < (~keep).float().mean().item() < 0.5  # about p = 0.4 of the units dropped
     assert not torch.equal(masks[0], masks[1])  # the C samples differ
     # naive: C complete forward passes (backbone each time), averaged before softmax
     naive_logits, naive_maps = [], []
@@ -153,6 +154,12 @@ def test_teacher_frozen_and_checked(tmp_path) -> None:
         load_teacher("no/such/file.pt", num_classes=K, in_chans=C, img_size=S)
     bf = load_teacher("small-cnn", num_classes=K, in_chans=C, img_size=S, bf16=True)
     assert bf(x).dtype == torch.float32
+    # NAME=PATH: a bare state dict in another project's layout (DataParallel's `module.` prefix)
+    # (built with the name's default kwargs, so the file holds a default small-cnn)
+    plain = create_model("small-cnn", K, C, S).eval()
+    torch.save({"module." + k: v for k, v in plain.state_dict().items()}, tmp_path / "foreign.pt")
+    foreign = load_teacher("small-cnn=" + str(tmp_path / "foreign.pt"), num_classes=K, in_chans=C, img_size=S)
+    assert torch.allclose(foreign(x), plain(x), atol=1e-6)
 
 
 # -- DARHT ----------------------------------------------------------------------------------------

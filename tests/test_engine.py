@@ -256,7 +256,7 @@ DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from darht.config import load_yaml, make_config
 from darht.engine.trainer import train
-from darht.engine import trainer
+from darht.engine import distributed as ddp, trainer
 
 cfg = make_config(load_yaml(sys.argv[1]))
 seen = {}
@@ -272,7 +272,22 @@ def grab(self, epoch):
 trainer._Run._epoch = grab
 train(cfg)
 rank = int(__import__("os").environ["RANK"])
-torch.save({"saved": seen.get("saved", False), "model": seen["model"]}, f"{sys.argv[2]}/rank{rank}.pt")
+
+# gradient averaging on known values, in several buckets (one is a None grad that stays None)
+# a fresh store: torchrun's own store already holds the first group's keys
+store = dist.FileStore(f"{sys.argv[2]}/store", 2)
+dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
+ddp.BUCKET_NUMEL = 5
+shapes = [((3,), torch.float32), ((4,), torch.float64), ((2, 2), torch.float32), ((1,), torch.float32)]
+ps = [torch.nn.Parameter(torch.zeros(s, dtype=dt)) for s, dt in shapes]
+for i, p in enumerate(ps[:3]):
+    p.grad = torch.full_like(p, float(rank + 1)) * (i + 1)
+ddp.average_gradients(ps, 2)
+avg = [p.grad for p in ps[:3]]
+none_stays = ps[3].grad is None
+dist.destroy_process_group()
+torch.save({"saved": seen.get("saved", False), "model": seen["model"], "avg": avg, "none": none_stays},
+           f"{sys.argv[2]}/rank{rank}.pt")
 """
 
 
@@ -290,13 +305,24 @@ def test_ddp_two_gloo_processes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(free_port()), str(tmp_path / "script.py"), str(tmp_path / "cfg.yaml"), str(tmp_path)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert res.returncode == 0, res.stderr[-3000:]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # own process group: a hang is killed whole
+    try:
+        _, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, err[-3000:]
     (rec,) = lines(run)  # one writer: one line per epoch
     assert rec["train_examples"] == N_TRAIN  # both ranks' halves counted
     assert rec["val_examples"] == 64
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["saved"] and not r1["saved"]
+    for r in (r0, r1):  # mean over ranks of (rank + 1) * (i + 1) = 1.5 * (i + 1), dtype kept
+        assert [g.dtype for g in r["avg"]] == [torch.float32, torch.float64, torch.float32] and r["none"]
+        for i, g in enumerate(r["avg"]):
+            assert torch.equal(g, torch.full_like(g, 1.5 * (i + 1)))
     for k in r0["model"]:  # averaged gradients + broadcast buffers keep the ranks identical
         assert torch.equal(r0["model"][k], r1["model"][k]), k
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1

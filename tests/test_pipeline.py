@@ -16,8 +16,8 @@ TINY = {
     "seed": 0,
     "device": "cpu",
     "data": {"name": "synthetic", "val_fraction": 0.25, "augment": False,
-             "kwargs": {"n": 96, "num_classes": 4, "shape": [1, 12, 12], "seed": 5}},
-    "train": {"epochs": 1, "batch_size": 32, "optim": {"lr": 0.05},
+             "kwargs": {"n": 192, "num_classes": 4, "shape": [1, 12, 12], "seed": 5}},
+    "train": {"epochs": 2, "batch_size": 32, "optim": {"lr": 0.05},
               "eval": {"n": 16, "steps": 1, "eps": 0.03}},
     "teachers": {
         "cnn": {"model": {"name": "small-cnn"}, "method": "pgd-at", "method_args": {"steps": 1, "eps": 0.03}},

@@ -90,7 +90,7 @@ def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
             continue
         if bucket:
             flat = _flatten_dense_tensors(bucket)
-            pass
+            dist.all_reduce(flat)
             flat /= world_size
             for dst, src in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
                 dst.copy_(src)

@@ -42,7 +42,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     """Train `cfg.method` as configured; returns a summary (best epoch/metrics, paths).
 
     With `resume`, continue from `cfg.out`/last.pt (bit-identical to an uninterrupted run on CPU).
-    Under torchrun (WORLD_SIZE > 1) every rank runs this; only rank 0 writes files.
+    Under torchrun (WORLD_SIZE > 1) every rank runs this; only rank 0 writes files and returns
+    the summary (other ranks return {}, so a CLI prints it once).
     """
     _check_config(cfg)
     info, device = ddp.init_distributed(resolve_device(cfg.device))
@@ -50,7 +51,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     try:
         summary = _Run(cfg, info, device).run(resume)
         ok = True
-        return summary
+        return summary if info.is_main else {}
     finally:
         if ok:
             ddp.cleanup(info)

@@ -22,6 +22,8 @@ from darht.registry import ATTACKS
 
 @torch.no_grad()
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    if len(x) == 0:
+        return torch.zeros(0, dtype=torch.bool, device=x.device)
     return torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]
                       for i in range(0, len(x), batch_size)])
 
@@ -38,6 +40,8 @@ def common_correct(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, ba
 def craft(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, eps: float, batch_size: int,
           **kw) -> torch.Tensor:
     fn: Callable = ATTACKS.get(attack)
+    if len(x) == 0:
+        return x.clone()
     return torch.cat([fn(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps, **kw)
                       for i in range(0, len(x), batch_size)])
 

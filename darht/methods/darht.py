@@ -26,6 +26,10 @@ Inner attacks (`attack`), defaults when eps/alpha/start are not given:
   - "fat": FAT's early-stopped PGD, eps 0.031, step 0.007, 10 steps, tau (default 1; "dynamic" = FAT's
     0/1/2 schedule stretched to the run), omega 0.001, uniform start (FAT's original settings);
   - "trades": TRADES' KL-PGD, eps 0.031, step 0.007, 10 steps, start x + 0.001 N (original settings).
+
+method_args: attack, eps, alpha (the attack's step size), steps, start (uniform|normal|none; pgd/fat),
+tau (fat: an integer or "dynamic"), adv_prob, dropout, mc_samples (the student's head; applied to
+the model, and recorded in its spec, when the method is constructed).
 """
 
 from __future__ import annotations
@@ -206,4 +210,4 @@ class DarhtOfficial(Darht):
     name = "darht-official"
     official = True
     default_dropout, default_mc_samples = 0.0, 1
-    original_schedule = None  # the released code's lr schedule starts at 0 (a bug we do not copy)
+    original_schedule = None  # none: the released code's schedule starts at lr 0, a bug not reproduced

@@ -53,27 +53,32 @@ class FrozenTeacher(nn.Module):
 def load_teacher(spec: str, *, num_classes: int, in_chans: int, img_size: int,
                  bf16: bool = False) -> FrozenTeacher:
     """Load (or build) the teacher described by `spec` and freeze it; checks it fits the data."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise DarhtError(f"teacher: expected a checkpoint path or model name, got {spec!r}")
+    spec = spec.strip()
+    try:
+        model = _build(spec, num_classes, in_chans, img_size)
+    except DarhtError as e:
+        raise DarhtError(f"teacher '{spec}': {e}") from None
+    _check_fits(spec, model, num_classes, in_chans, img_size)
+    return FrozenTeacher(model, bf16=bf16)
+
+
+def _build(spec: str, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
     from darht.models import create_model
     from darht.models.io import load_model
     from darht.registry import MODELS
 
-    if not isinstance(spec, str) or not spec.strip():
-        raise DarhtError(f"teacher: expected a checkpoint path or model name, got {spec!r}")
-    spec = spec.strip()
     name, sep, path = spec.partition("=")
     if Path(spec).exists():
-        model = load_model(spec)
-    elif sep:
+        return load_model(spec)
+    if sep:
         if not Path(path).exists():
-            raise DarhtError(f"teacher '{spec}': no such file '{path}'")
-        model = load_model(path, name=name, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
-    elif spec.startswith("timm:") or spec in MODELS:
-        model = create_model(spec, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
-    else:
-        raise DarhtError(f"teacher '{spec}': no such file, and not a model name "
-                         "(use a checkpoint path, NAME=PATH, or a model name)")
-    _check_fits(spec, model, num_classes, in_chans, img_size)
-    return FrozenTeacher(model, bf16=bf16)
+            raise DarhtError(f"no such file '{path}'")
+        return load_model(path, name=name, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    if spec.startswith("timm:") or spec in MODELS:
+        return create_model(spec, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    raise DarhtError("no such file, and not a model name (use a checkpoint path, NAME=PATH, or a model name)")
 
 
 def _check_fits(spec: str, model: nn.Module, num_classes: int, in_chans: int, img_size: int) -> None:

@@ -5,9 +5,10 @@
       -> classifier  = Linear(J*K, K)   logits [N,K]
 
 Monte Carlo dropout (sec. 3.2, Algorithm 1): C dropout samples of the HEAD on the same h, in training
-and at test time; the per-sample logits U and maps V are averaged before any softmax. The backbone is
-deterministic given x, so running it once and sampling only the head gives exactly what C full
-forward passes with the same dropout masks give, at 1/C of the backbone cost. The C samples are drawn
+and at test time; the per-sample logits U and maps V are averaged before any softmax. The backbone has no
+randomness of its own (a backbone with its own dropout would need its own sampling), so running it
+once and sampling only the head gives exactly what C full forward passes with the same dropout
+masks give, at 1/C of the backbone cost. The C samples are drawn
 in one call ([C,N,d] masks) and the head runs batched over them.
 
 `deterministic=True` (or `set_deterministic`) turns dropout off and uses one sample: for export and
@@ -100,7 +101,8 @@ class DarhtStudent(nn.Module):
             return None
         keep = 1.0 - self._dropout
         shape = (self._mc_samples, n, self.num_features)
-        return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(keep).div_(keep)
+        dtype = torch.promote_types(like.dtype, torch.float32)  # exact 1/keep even under bf16 autocast
+        return torch.empty(shape, dtype=dtype, device=like.device).bernoulli_(keep).div_(keep)
 
     def head_samples(self, h: torch.Tensor, masks: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,7 +43,7 @@ def write_report(run_dir: str | Path) -> Path:
         md += ["## Per-epoch validation (held-out split of train)", "", "![per-epoch](epochs.png)", ""]
     if plots.w_robust_distributions(records, out / "w_robust_trials.png"):
         md += ["## W-Robust over trials", "", "![W-Robust distributions](w_robust_trials.png)", ""]
-    wall = {k: round(sum(m.get("epoch_time_s", 0) for m in v), 1) for k, v in runs.items() if v}
+    wall = {k: round(sum(m.get("time", 0) for m in v), 1) for k, v in runs.items() if v}
     if wall:
         md += ["## Training wall time (s)", "", "| run | seconds |", "|---|---|"]
         md += [f"| {k} | {v} |" for k, v in wall.items()] + [""]
