@@ -42,7 +42,7 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 2e-4
     nesterov: bool = False
-    schedule: str = "multistep"      # multistep | cosine | warmup-multistep | constant
+    schedule: str = "multistep"      # multistep | cosine | warmup-multistep | constant | original (the method's own)
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs, or epochs if > 1
     gamma: float = 0.1
     warmup_epochs: int = 0
@@ -74,7 +74,7 @@ class TrainConfig:
     batch_size: int = 128
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N | mps
-    amp: str = "none"                # none | bf16 | fp16
+    amp: str = "none"                # none | bf16 (CPU too) | fp16 (CUDA only)
     channels_last: bool = False
     compile: bool = False
     workers: int = 0

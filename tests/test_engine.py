@@ -19,7 +19,6 @@ import yaml
 
 from darht.config import OptimConfig, make_config
 from darht.engine import checkpoint as ckpt
-from darht.engine import trainer as trainer_mod
 from darht.engine.schedules import LRSchedule, lr_factor
 from darht.engine.trainer import is_better, train, validate
 from darht.errors import DarhtError
@@ -179,6 +178,13 @@ def test_pgd_at_learns_and_writes_a_run(tmp_path):
     assert best_w.keys() == state["model"].keys()
     with pytest.raises(DarhtError):  # a second run into the same directory would clobber it
         train(cfg)
+    # model.weights: a new run starts from the exported best weights (lr 0: parameters stay put)
+    cont = cfg_for(tmp_path / "cont", epochs=1, method="standard", method_args={},
+                   model={"weights": str(run)}, optim={"lr": 0.0})
+    train(cont)
+    after = load_model(tmp_path / "cont" / "last.safetensors")
+    for name, p in after.named_parameters():
+        assert torch.equal(p, best_w[name]), name
 
 
 def test_resume_is_bit_identical(tmp_path, monkeypatch, capsys):
@@ -249,6 +255,9 @@ def test_bad_method_args_and_missing_teachers_are_user_errors(tmp_path):
     assert needs, "some distillation method needs teachers"
     with pytest.raises(DarhtError, match="teachers"):
         train(cfg_for(tmp_path / "y", method=needs[0], method_args={}))
+    with pytest.raises(DarhtError, match="diverged"):  # a NaN loss stops the run, last.pt untouched
+        train(cfg_for(tmp_path / "z", epochs=1, method="standard", method_args={}, optim={"lr": 1e38}))
+    assert not (tmp_path / "z" / "last.pt").exists()
 
 
 # ---- data-parallel: 2 gloo processes on CPU -----------------------------------------------------

@@ -93,6 +93,8 @@ class _Run:
         self._restore_rng(state)
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if state is None:  # a fresh start: drop records a crashed attempt left before any last.pt
+                ckpt.truncate_metrics(self.run_dir, 0)
             dump_yaml(cfg, self.run_dir / "config.yaml")
             self.writer = _tensorboard(self.run_dir)
         for epoch in range(start, cfg.epochs):
@@ -251,6 +253,10 @@ class _Run:
         totals = totals.tolist()
         n_total = totals[-1]
         means = {f"train_{k}": (v / n_total if n_total else math.nan) for k, v in zip(keys, totals)}
+        if not math.isfinite(means.get("train_loss", 0.0)):  # checked once per epoch: no extra syncs
+            raise DarhtError(f"training diverged: mean loss {means['train_loss']} in epoch {epoch + 1} "
+                             "(try a lower optim.lr, optim.grad_clip, or amp: none); last.pt keeps the "
+                             "previous epoch")
         return {**means, "train_examples": int(n_total)}
 
     def _step(self, loss: torch.Tensor, params: list[nn.Parameter]) -> None:
