@@ -27,6 +27,8 @@ class EvalSpec:
     attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd", "cw-inf", "apgd-ce", "square"])
     eps: float = 8 / 255
     n: int | None = 1000             # examples per trial (None: the whole split)
+    pool: int | None = None          # draw the trials from a seeded random pool of this many test
+                                     # examples (None: the whole split); bounds the attack cost
     trials: int = 1
     seed: int = 0
     batch_size: int = 256
@@ -128,6 +130,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: EvalSpec,
         raise DarhtError(f"eps must be >= 0, got {spec.eps}")
     start = time.time()
     model = model.to(device).eval()
+    if spec.pool is not None and spec.pool < len(x):
+        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(spec.seed - 1))[: spec.pool]
+        x, y = x[keep], y[keep]
     subsets = trial_indices(len(x), spec.n, spec.trials, spec.seed)
     pool = torch.unique(torch.cat(subsets))          # attack each example of the union once
     remap = torch.full((len(x),), -1, dtype=torch.long)
@@ -138,7 +143,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: EvalSpec,
     record["checks"] = sanity_checks(model, x[pool][: spec.batch_size], y[pool][: spec.batch_size],
                                      record["summary"], device, randomized=randomized, eot=spec.eot)
     record.update({
-        "eps": spec.eps, "n": len(subsets[0]), "trials_count": spec.trials,
+        "eps": spec.eps, "n": len(subsets[0]), "trials_count": spec.trials, "pool_limit": spec.pool,
         "seed": spec.seed, "attacks": list(spec.attacks), "randomized": randomized,
         "attack_args": {k: _attack_kwargs(k, spec, randomized) for k in spec.attacks},
         "examples_attacked": int(results["clean"].sum().item()), "pool": len(pool),
