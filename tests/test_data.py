@@ -645,3 +645,15 @@ def test_dataset_info_synthetic():
     info = dataset_info("synthetic")
     assert info["sizes"] == {"train": 512, "test": 256} and info["num_classes"] == 10
     assert info["shape"] == [1, 28, 28] and info["name"] == "synthetic"
+
+
+def test_digits_size_upsamples_in_range():
+    from darht.data.base import load_dataset
+
+    small = load_dataset("digits", "test")
+    big = load_dataset("digits", "test", size=28)
+    assert big.shape == (1, 28, 28) and len(big) == len(small)
+    assert torch.equal(big.y, small.y)
+    assert float(big.x.min()) >= 0.0 and float(big.x.max()) <= 1.0
+    # bilinear upsampling preserves each image's mean closely
+    assert torch.allclose(big.x.mean((1, 2, 3)), small.x.mean((1, 2, 3)), atol=0.05)

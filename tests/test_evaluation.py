@@ -206,3 +206,39 @@ def test_select_teachers_picks_lowest_mutual_transfer():
     sel = select_teachers(m, 2)
     assert sel["selected"] == ["a", "c"]
     assert sel["mean_pairwise_transfer"] == pytest.approx(0.25)
+
+
+def test_pool_bounds_the_examples_attacked(trained):
+    model, _ = trained
+    data = load_dataset("synthetic", "test", **SYN)
+    spec = EvalSpec(attacks=["fgsm"], eps=0.05, n=10, trials=4, pool=20, batch_size=32, progress=False)
+    rec = evaluate(model, data.float_x(), data.y, spec, torch.device("cpu"))
+    assert rec["pool"] <= 20 and rec["n"] == 10 and len(rec["trials"]) == 4
+
+
+@pytest.mark.parametrize("mode", ["mc", "deterministic"])
+def test_student_is_evaluated_in_both_modes(tmp_path, capsys, mode):
+    student = create_model("darht-student", num_classes=4, in_chans=1, img_size=12, backbone="small-cnn",
+                           backbone_kwargs={"width": 4}, num_teachers=2, dropout=0.3, mc_samples=4)
+    path = tmp_path / "student"
+    save_model(student, path)
+    out = tmp_path / f"{mode}.json"
+    data_args = [a for k, v in SYN.items() for a in ("--data-arg", f"{k}={list(v) if isinstance(v, tuple) else v}")]
+    assert main(["evaluate", "--checkpoint", str(path) + ".safetensors", "--data", "synthetic", *data_args,
+                 "--attacks", "fgsm", "--eps", "0.05", "--mode", mode, "--no-progress", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["randomized"] is (mode == "mc")
+    assert any("EOT" in c for c in rec["checks"]) is (mode == "mc")
+
+
+def test_mode_flag_refuses_models_without_mc_head(trained, capsys):
+    _, path = trained
+    data_args = [a for k, v in SYN.items() for a in ("--data-arg", f"{k}={list(v) if isinstance(v, tuple) else v}")]
+    assert main(["evaluate", "--checkpoint", str(path) + ".safetensors", "--data", "synthetic", *data_args,
+                 "--attacks", "", "--mode", "mc", "--no-progress"]) == 2
+    assert "MC dropout" in capsys.readouterr().err
+    # and a model of the wrong class count is refused before any attack
+    assert main(["evaluate", "--checkpoint", str(path) + ".safetensors", "--data", "synthetic",
+                 "--attacks", "", "--no-progress"]) == 2
+    assert "4 classes" in capsys.readouterr().err

@@ -16,8 +16,11 @@ DIGITS_SPLIT_SEED = 0  # fixed: the train/test split of digits is part of the da
 
 
 @DATASETS.register("digits")
-def load_digits(split: str = "train", root: str | Path | None = None) -> ImageData:
-    """1797 8x8 grayscale digits (values 0..16 scaled to [0, 1], float); a fixed 80/20 split."""
+def load_digits(split: str = "train", root: str | Path | None = None, size: int | None = None) -> ImageData:
+    """1797 8x8 grayscale digits (values 0..16 scaled to [0, 1], float); a fixed 80/20 split.
+
+    `size` upsamples (bilinear) to size x size, so models configured for e.g. 28 px run unchanged.
+    """
     check_split("digits", split)
     from sklearn.datasets import load_digits as sk_load_digits  # shipped inside scikit-learn
 
@@ -27,6 +30,11 @@ def load_digits(split: str = "train", root: str | Path | None = None) -> ImageDa
     idx = np.sort(perm[:n_train] if split == "train" else perm[n_train:])
     x = torch.from_numpy(d.data[idx].astype(np.float32) / 16.0).view(-1, 1, 8, 8)  # [N, 64] -> [N, 1, 8, 8]
     y = torch.from_numpy(d.target[idx].astype(np.int64))
+    if size is not None:
+        if int(size) < 1:
+            raise DarhtError(f"digits: size must be >= 1, got {size}")
+        x = torch.nn.functional.interpolate(x, size=(int(size), int(size)), mode="bilinear",
+                                            align_corners=False).clamp_(0, 1)
     return ImageData(x, y, [str(i) for i in range(10)], "digits", "sklearn.datasets.load_digits")
 
 

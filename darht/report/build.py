@@ -43,9 +43,36 @@ def write_report(run_dir: str | Path) -> Path:
         md += ["## Per-epoch validation (held-out split of train)", "", "![per-epoch](epochs.png)", ""]
     if plots.w_robust_distributions(records, out / "w_robust_trials.png"):
         md += ["## W-Robust over trials", "", "![W-Robust distributions](w_robust_trials.png)", ""]
-    wall = {k: round(sum(m.get("time", 0) for m in v), 1) for k, v in runs.items() if v}
-    if wall:
-        md += ["## Training wall time (s)", "", "| run | seconds |", "|---|---|"]
-        md += [f"| {k} | {v} |" for k, v in wall.items()] + [""]
+    run_rows = _run_rows(run, runs)
+    if run_rows:
+        md += ["## Trained models", "", "Best epoch chosen on the held-out validation split (clean and PGD "
+               "accuracy there, never the test set).", "",
+               "| run | method | architecture | best epoch | val clean (%) | val PGD (%) | train time (s) |",
+               "|---|---|---|---|---|---|---|"] + run_rows + [""]
     atomic_write_text(out / "report.md", "\n".join(md))
     return out / "report.md"
+
+
+def _fmt_pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}"
+
+
+def _run_rows(run: Path, runs: dict[str, list[dict]]) -> list[str]:
+    out = []
+    for key, metrics in runs.items():
+        kind, name = key.split("-", 1)
+        best = run / kind / name / "best.json"
+        if not best.is_file():
+            continue
+        info = json.loads(best.read_text())
+        meta, spec = info.get("meta", {}), info.get("spec", {})
+        arch = spec.get("name", "?")
+        if arch == "darht-student":
+            arch = f"darht-student({spec.get('kwargs', {}).get('backbone', '?')})"
+        kw = {k: v for k, v in spec.get("kwargs", {}).items() if k in ("width", "depth", "embed_dim", "patch_size")}
+        if kw:
+            arch += " " + ",".join(f"{k}={v}" for k, v in kw.items())
+        seconds = round(sum(m.get("time", 0) for m in metrics), 1)
+        out.append(f"| {kind[:-1]} {name} | {meta.get('method', '?')} | {arch} | {meta.get('epoch', '?')} | "
+                   f"{_fmt_pct(meta.get('val_clean'))} | {_fmt_pct(meta.get('val_robust'))} | {seconds} |")
+    return out
