@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=positive_int, default=1, help="seeded random subsets (paper: 30)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--eot", type=positive_int, default=1, help="EOT gradient samples for randomized models")
+    p.add_argument("--eot", type=positive_int, default=1, 
+                   help="EOT gradient samples per step, used on randomized models (a DARHT student in MC mode)")
     p.add_argument("--mode", choices=["mc", "deterministic"], help="DARHT student: MC dropout or deterministic")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="write the JSON record here")

@@ -50,8 +50,13 @@ def _attack_kwargs(name: str, spec: EvalSpec, randomized: bool) -> dict:
 
     kw = dict(PAPER_DEFAULTS.get(name, {}))
     kw.update(spec.attack_args.get(name, {}))
-    if spec.eot > 1 and name in ("pgd", "cw-inf", "fgsm"):
-        kw.setdefault("eot", spec.eot)
+    # EOT averages gradients over random forward passes: only a randomized model needs it (for a
+    # deterministic one every pass gives the same gradient, so it would only multiply the cost).
+    if spec.eot > 1 and randomized:
+        if name in ("pgd", "cw-inf", "fgsm"):
+            kw.setdefault("eot", spec.eot)
+        elif name in ("apgd-ce", "apgd-dlr", "apgd-t"):
+            kw.setdefault("eot_iter", spec.eot)
     return kw
 
 

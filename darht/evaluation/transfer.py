@@ -39,7 +39,11 @@ def common_correct(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, ba
 
 def craft(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, eps: float, batch_size: int,
           **kw) -> torch.Tensor:
+    from darht.models import is_randomized
+
     fn: Callable = ATTACKS.get(attack)
+    if not is_randomized(model):
+        kw.pop("eot", None)  # a deterministic model gives the same gradient on every pass
     if len(x) == 0:
         return x.clone()
     return torch.cat([fn(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps, **kw)
