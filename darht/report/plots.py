@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -35,6 +36,8 @@ def epoch_curves(runs: dict[str, list[dict]], path: str | Path) -> Path | None:
     axes[0].set(title="clean accuracy (validation)", xlabel="epoch", ylabel="%")
     axes[1].set(title="W-Robust, PGD (validation)", xlabel="epoch", ylabel="%")
     axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
