@@ -70,3 +70,29 @@ def test_distill_refuses_a_teacher_with_other_classes(teachers, tmp_path, capsys
             "--epochs", "1", "--out", str(tmp_path / "s"), *DATA, *bad]
     assert main(argv) == 2
     assert "class" in capsys.readouterr().err
+
+
+def test_transfer_verb_with_student_and_select(teachers, tmp_path, capsys):
+    student = tmp_path / "student"
+    assert _distill(student, 1, teachers) == 0
+    data = ["--data", "synthetic", "--data-arg", "n=128", "--data-arg", "num_classes=4",
+            "--data-arg", "shape=[1, 12, 12]", "--data-arg", "seed=2", "--eps", "0.1", "--n", "64", "--device", "cpu"]
+    capsys.readouterr()
+    out = tmp_path / "t.json"
+    assert main(["transfer", *data, "--student", str(student), "--teacher", str(teachers[0]),
+                 "--teacher", str(teachers[1]), "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    res = rec["students"][str(student)]
+    for t in res["teachers"].values():
+        assert t["both_fooled"] <= min(res["student_fooled"], t["teacher_fooled"])
+        if res["student_fooled"]:
+            assert t["transfer_rate"] == pytest.approx(t["both_fooled"] / res["student_fooled"])
+    assert set(rec["teacher_matrix"]["models"]) == {str(teachers[0]), str(teachers[1])}
+    assert "transfer rate" in capsys.readouterr().out
+
+    assert main(["transfer", *data, "--select", "1", str(teachers[0]), str(teachers[1]),
+                 "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert len(rec["selection"]["selected"]) == 1
+    assert "proposed teacher set" in capsys.readouterr().out
+    assert main(["transfer", *data, "--select", "3", str(teachers[0]), str(teachers[1])]) == 2
