@@ -53,11 +53,32 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> PipelineConfig
 
 
 class Pipeline:
-    def __init__(self, cfg: PipelineConfig, log=print):
+    def __init__(self, cfg: PipelineConfig, log=print, data: DataConfig | None = None):
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.log = log
-        self.data = self._choose_data()
+        self.data = data or self._choose_data()
+        self.check()
+
+    def check(self) -> None:
+        """Build every stage's config before any work, so a typo fails in a second, not in hour two."""
+        for name, spec in self.cfg.teachers.items():
+            if "checkpoint" not in spec:
+                self._train_cfg(spec, self.out / "teachers" / name, [], None)
+        for name, spec in self.cfg.students.items():
+            teachers = [self.teacher_path(t) for t in spec.get("teachers", [])]
+            if not teachers:
+                raise DarhtError(f"student '{name}' names no teachers")
+            natural = spec.get("teacher_natural")
+            self._train_cfg(spec, self.out / "students" / name, teachers, self.teacher_path(natural) if natural else None)
+        self.eval_spec()
+
+    def eval_spec(self):
+        from darht.evaluation.robustness import EvalSpec
+
+        spec_raw = {k: v for k, v in self.cfg.evaluation.items() if k != "split"}
+        spec_raw.setdefault("progress", self.cfg.progress)
+        return _build(EvalSpec, spec_raw, "evaluation.")
 
     # -- data: fall back (with a notice) when the configured data set is not installed
     def _choose_data(self) -> DataConfig:
@@ -75,6 +96,7 @@ class Pipeline:
                                  "kwargs": dict(self.cfg.fallback_data_kwargs)})
 
     def _train_cfg(self, stage: dict, out: Path, teachers: list[str], natural: str | None):
+        stage = {"method": "darht", **stage} if teachers else stage  # a student's default method
         raw = _merge(self.cfg.train, {k: v for k, v in stage.items() if k not in ("teachers", "teacher_natural")})
         raw = _merge(raw, {"data": asdict(self.data), "out": str(out), "seed": raw.get("seed", self.cfg.seed),
                            "device": self.cfg.device, "progress": self.cfg.progress,
@@ -104,7 +126,6 @@ class Pipeline:
         from darht.engine.trainer import train
 
         for name, spec in self.cfg.students.items():
-            spec = {"method": "darht", **spec}
             teachers = [self.teacher_path(t) for t in spec.get("teachers", [])]
             natural = spec.get("teacher_natural")
             natural = self.teacher_path(natural) if natural else None
@@ -118,12 +139,10 @@ class Pipeline:
         return load_dataset(d.name, "test", d.root, **d.kwargs)
 
     def run_evaluation(self) -> None:
-        from darht.evaluation.robustness import EvalSpec, evaluate
+        from darht.evaluation.robustness import evaluate
         from darht.models.io import load_model
 
-        spec_raw = {k: v for k, v in self.cfg.evaluation.items() if k != "split"}
-        spec_raw.setdefault("progress", self.cfg.progress)
-        spec = _build(EvalSpec, spec_raw, "evaluation.")
+        spec = self.eval_spec()
         data = self._test_data()
         device = resolve_device(self.cfg.device)
         targets = {f"student-{n}": self.out / "students" / n for n in self.cfg.students}

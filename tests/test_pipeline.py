@@ -93,3 +93,30 @@ def test_report_verb_rebuilds_from_records(run, capsys):
     out, _ = run
     assert main(["report", str(out)]) == 0
     assert "W-Robust" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in __import__("pathlib").Path("configs").rglob("*.yaml")))
+def test_shipped_configs_are_valid(path):
+    """Every shipped config (demo, study, the paper's GPU settings) builds all of its stages."""
+    from darht.config import DataConfig, load_yaml, make_config
+    from darht.pipeline import Pipeline, load_pipeline
+
+    raw = load_yaml(path)
+    if "teachers" in raw and isinstance(raw["teachers"], dict):
+        cfg = load_pipeline(path)
+        Pipeline(cfg, log=lambda *_: None, data=cfg.data)  # no data loading: validates the stages only
+    else:
+        make_config(raw)
+
+
+def test_pipeline_refuses_unknown_teacher_names(tmp_path):
+    from darht.errors import DarhtError
+    from darht.pipeline import Pipeline, load_pipeline
+
+    cfg = dict(TINY, out=str(tmp_path / "r"))
+    cfg["students"] = {"s": {"method": "rslad", "teachers": ["nope"]}}
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    c = load_pipeline(p)
+    with pytest.raises(DarhtError, match="unknown teacher 'nope'"):
+        Pipeline(c, log=lambda *_: None, data=c.data)
