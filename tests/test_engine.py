@@ -130,6 +130,9 @@ def test_best_is_robust_then_clean():
     assert not is_better({"val_robust": 0.30, "val_clean": 0.60}, best)  # equal: keep the earlier
     assert not is_better({"val_robust": 0.29, "val_clean": 0.99}, best)
     assert is_better({"val_robust": 0.0, "val_clean": 0.0}, {"epoch": 1, "val_robust": None, "val_clean": None})
+    # natural models (method.select_by == "clean") are chosen by clean accuracy first
+    assert is_better({"val_robust": 0.10, "val_clean": 0.61}, best, "clean")
+    assert not is_better({"val_robust": 0.31, "val_clean": 0.59}, best, "clean")
 
 
 # ---- training runs ------------------------------------------------------------------------------

@@ -298,7 +298,7 @@ class _Run:
                 self.best = {"epoch": epoch, "val_robust": None, "val_clean": None}
                 return True
             return False
-        if is_better(val, self.best):
+        if is_better(val, self.best, getattr(self.method, "select_by", "robust")):
             self.best = {"epoch": epoch, "val_robust": val["val_robust"], "val_clean": val["val_clean"]}
             return True
         return False
@@ -337,12 +337,13 @@ class _Run:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-def is_better(val: dict, best: dict) -> bool:
-    """Checkpoint choice: higher validation robust accuracy, ties -> higher clean accuracy; an
-    exact tie keeps the earlier epoch."""
+def is_better(val: dict, best: dict, select_by: str = "robust") -> bool:
+    """Checkpoint choice: higher validation robust accuracy, ties -> higher clean accuracy (or the
+    other way round with select_by="clean", for natural models); an exact tie keeps the earlier epoch."""
     if best.get("val_robust") is None:
         return True
-    return (val["val_robust"], val["val_clean"]) > (best["val_robust"], best["val_clean"])
+    keys = ("val_robust", "val_clean") if select_by == "robust" else ("val_clean", "val_robust")
+    return tuple(val[k] for k in keys) > tuple(best[k] for k in keys)
 
 
 @torch.no_grad()

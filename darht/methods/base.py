@@ -21,6 +21,9 @@ class Method:
 
     name: str = ""
     needs_teachers: bool = False
+    # which validation accuracy picks the best checkpoint: "robust" (then clean), or "clean" (then
+    # robust) for methods that do not aim at robustness, e.g. MTARD's natural teacher
+    select_by: str = "robust"
 
     def __init__(self, model: nn.Module, teachers: list[nn.Module] | None = None):
         self.model = model

@@ -21,6 +21,7 @@ class Standard(Method):
     """Cross-entropy on clean inputs; takes no arguments."""
 
     name = "standard"
+    select_by = "clean"  # a natural model is chosen for its clean accuracy
     # He et al. 2016 (CIFAR ResNets): 64k iterations at batch 128, lr / 10 at 32k and 48k;
     # on CIFAR-10's 50k images that is 164 epochs with decays after epochs 82 and 123.
     # Format: see darht.methods.schedules.
