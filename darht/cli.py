@@ -15,6 +15,15 @@ from typing import Any
 from darht.errors import DarhtError
 
 
+def write_record(path: str | None, record: dict) -> None:
+    """`--out PATH`: write the JSON record atomically and say where."""
+    if path:
+        from darht.utils import atomic_write_json
+
+        atomic_write_json(path, record)
+        print(f"record written to {path}")
+
+
 def parse_eps(text: str) -> float:
     """'8/255' or '0.031' -> float."""
     try:
@@ -170,7 +179,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from darht.data import load_dataset
     from darht.evaluation.robustness import EvalSpec, evaluate, markdown_table
-    from darht.utils import atomic_write_json, git_revision, resolve_device
+    from darht.utils import git_revision, resolve_device
 
     from darht.registry import ATTACKS
 
@@ -199,9 +208,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(markdown_table(record))
     for note in record["checks"]:
         print(f"check: {note}")
-    if args.out:
-        atomic_write_json(args.out, record)
-        print(f"record written to {args.out}")
+    write_record(args.out, record)
     return 0
 
 
@@ -223,10 +230,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             rows.append(f"| {base_path} | {path} | {attack} | {100 * r['mean_a']:.2f} | {100 * r['mean_b']:.2f} "
                         f"| {r['u']:.1f} | {r['p_value']:.3g} |")
     print("\n".join(rows))
-    if args.out:
-        from darht.utils import atomic_write_json
-
-        atomic_write_json(args.out, {"kind": "comparison", "results": results})
+    write_record(args.out, {"kind": "comparison", "results": results})
     return 0
 
 

@@ -163,7 +163,7 @@ class Pipeline:
 
     def run_transfer(self) -> None:
         from darht.evaluation.transfer import student_transfer, transfer_matrix
-        from darht.methods.teachers import load_teacher
+        from darht.methods.teachers import load_attackable
         from darht.models.io import load_model
 
         if self.cfg.transfer is None:
@@ -183,9 +183,8 @@ class Pipeline:
 
         def teacher(name: str):
             if name not in load:
-                # the frozen wrapper runs under inference mode; attacks need the differentiable model
-                load[name] = load_teacher(self.teacher_path(name), num_classes=data.num_classes, in_chans=c,
-                                          img_size=h).model.eval()
+                load[name] = load_attackable(self.teacher_path(name), num_classes=data.num_classes, in_chans=c,
+                                             img_size=h)
             return load[name]
 
         rec: dict[str, Any] = {"kind": "transfer", "students": {}, **kw}

@@ -11,13 +11,13 @@ from darht.errors import DarhtError
 def cmd_transfer(args: argparse.Namespace) -> int:
     import torch
 
-    from darht.cli import parse_data_args
+    from darht.cli import parse_data_args, write_record
     from darht.data import load_dataset
     from darht.evaluation.transfer import select_teachers, student_transfer, transfer_matrix
-    from darht.methods.teachers import load_teacher
+    from darht.methods.teachers import load_attackable
     from darht.models.io import load_model
     from darht.report.tables import transfer_markdown
-    from darht.utils import atomic_write_json, resolve_device
+    from darht.utils import resolve_device
 
     data = load_dataset(args.data, args.split, args.root, **parse_data_args(args.data_arg))
     c, h, _ = data.shape
@@ -27,9 +27,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     names = args.candidates if args.select else args.teacher
     if not names:
         raise DarhtError("transfer needs --teacher T (repeatable) with --student S, or --select J CANDIDATE...")
-    # the frozen wrapper runs under inference mode; attacks need the differentiable model
-    models = {n: load_teacher(n, num_classes=data.num_classes, in_chans=c, img_size=h).model.to(device).eval()
-              for n in names}
+    models = {n: load_attackable(n, num_classes=data.num_classes, in_chans=c, img_size=h).to(device) for n in names}
     torch.manual_seed(args.seed)
     rec: dict[str, Any] = {"kind": "transfer", "data": args.data, **{k: v for k, v in kw.items() if k != "batch_size"}}
     if args.select:
@@ -50,9 +48,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         print(f"\nproposed teacher set (lowest mean pairwise transfer {100 * sel['mean_pairwise_transfer']:.1f}%):")
         for t in sel["selected"]:
             print(f"  {t}")
-    if args.out:
-        atomic_write_json(args.out, rec)
-        print(f"record written to {args.out}")
+    write_record(args.out, rec)
     return 0
 
 

@@ -64,6 +64,12 @@ def load_teacher(spec: str, *, num_classes: int, in_chans: int, img_size: int,
     return FrozenTeacher(model, bf16=bf16)
 
 
+def load_attackable(spec: str, *, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
+    """A teacher as a model attacks can target (transferability): frozen weights and eval mode, but
+    differentiable w.r.t. its input, unlike `FrozenTeacher`, which runs under inference mode."""
+    return load_teacher(spec, num_classes=num_classes, in_chans=in_chans, img_size=img_size).model.eval()
+
+
 def _build(spec: str, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
     from darht.models import create_model
     from darht.models.io import load_model
