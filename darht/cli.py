@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from darht.errors import DarhtError
@@ -174,28 +173,40 @@ def _set_mc_mode(model: Any, mc: bool) -> None:
         m.deterministic = not mc
 
 
+def parse_int_list(text: str) -> list[int]:
+    """'1,5,20' -> [1, 5, 20] (each >= 1)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got '{text}'")
+    return values
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from darht.data import load_dataset
     from darht.evaluation.robustness import EvalSpec, evaluate, markdown_table
+    from darht.evaluation.sweep import sweep_markdown
+    from darht.registry import ATTACKS
     from darht.utils import git_revision, resolve_device
 
-    from darht.registry import ATTACKS
-
-    attacks = [a for a in args.attacks.split(",") if a] if args.attacks is not None else EvalSpec().attacks
-    for name in attacks:
+    attacks = [a for a in args.attacks.split(",") if a] if args.attacks is not None else None
+    for name in attacks or []:
         ATTACKS.get(name)  # unknown names fail before any loading
     data = load_dataset(args.data, args.split, args.root, **parse_data_args(args.data_arg))
     c, h, _ = data.shape
     model, meta = load_eval_model(args, data.num_classes, c, h)
     if getattr(model, "spec", {}).get("num_classes", data.num_classes) != data.num_classes:
         raise DarhtError(f"the model has {model.spec['num_classes']} classes, {args.data} has {data.num_classes}")
-    if args.mode:
+    if args.mode in ("mc", "deterministic"):
         _set_mc_mode(model, args.mode == "mc")
     spec = EvalSpec(attacks=attacks, eps=args.eps, n=args.n, trials=args.trials, seed=args.seed,
                     batch_size=args.batch_size, attack_args=_parse_attack_args(args.attack_arg),
-                    eot=args.eot, progress=not args.no_progress)
+                    eot=args.eot, draws=args.draws, eot_sweep=args.eot_sweep or [],
+                    faces=args.mode is None, progress=not args.no_progress)
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
     x = data.float_x()
@@ -204,9 +215,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               "size": len(data)}, "git": git_revision(), "command": " ".join(sys.argv), **record}
     title = f"{meta.get('checkpoint') or meta.get('name')} on {args.data}/{args.split}: eps={args.eps:.4f}, " \
             f"n={record['n']}, trials={args.trials}"
+    if record["randomized"]:
+        title += f"; randomized: EOT {record['eot']}, {record['draws']} draws per example"
     print(title)
     print(markdown_table(record))
-    for note in record["checks"]:
+    if record.get("eot_sweep"):
+        print("\nEOT sweep (robust accuracy on the same examples):")
+        print(sweep_markdown(record["eot_sweep"]))
+    checks = record["checks"] + [f"deterministic face: {c}" for c in
+                                 (record.get("faces") or {}).get("deterministic", {}).get("checks", [])]
+    for note in checks:
         print(f"check: {note}")
     write_record(args.out, record)
     return 0
@@ -214,23 +232,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- compare
 def cmd_compare(args: argparse.Namespace) -> int:
-    from darht.evaluation.stats import common_attacks, compare, read_record
+    from darht.evaluation.stats import compare_groups, comparison_markdown, parse_record_args
 
-    records = [read_record(p) for p in args.records]
-    if len(records) < 2:
-        raise DarhtError("compare needs at least two records")
-    attacks = [args.attack] if args.attack else common_attacks(records)
-    base, base_path = records[0], args.records[0]
-    rows = ["| A | B | attack | W-Robust A (%) | W-Robust B (%) | U | p (two-sided) |", "|---|---|---|---|---|---|---|"]
-    results = []
-    for other, path in zip(records[1:], args.records[1:]):
-        for attack in attacks:
-            r = compare(base, other, attack)
-            results.append({"a": base_path, "b": path, **r})
-            rows.append(f"| {base_path} | {path} | {attack} | {100 * r['mean_a']:.2f} | {100 * r['mean_b']:.2f} "
-                        f"| {r['u']:.1f} | {r['p_value']:.3g} |")
-    print("\n".join(rows))
-    write_record(args.out, {"kind": "comparison", "results": results})
+    groups = parse_record_args(args.records)
+    result = compare_groups(groups, [args.attack] if args.attack else None)
+    print(comparison_markdown(result))
+    write_record(args.out, {"kind": "comparison", **result})
     return 0
 
 
@@ -279,24 +286,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="data set option, e.g. --data-arg size=32 (repeatable)")
-    p.add_argument("--attacks", help="comma-separated (default: fgsm,pgd,cw-inf,apgd-ce,square; '' for clean only)")
+    p.add_argument("--attacks", help="comma-separated (default: fgsm,pgd,cw-inf,apgd-ce,square, plus apgd-dlr "
+                   "for a randomized model; '' for clean only)")
     p.add_argument("--attack-arg", action="append", default=[], metavar="ATTACK.KEY=VALUE",
                    help="e.g. --attack-arg pgd.steps=20 --attack-arg square.n_queries=1000")
     p.add_argument("--eps", type=parse_eps, default=8 / 255, help="L-inf radius in [0,1] pixels (default 8/255)")
     p.add_argument("--n", type=positive_int, default=1000, help="examples per trial (default 1000)")
-    p.add_argument("--trials", type=positive_int, default=1, help="seeded random subsets (paper: 30)")
+    p.add_argument("--trials", type=positive_int, default=1,
+                   help="seeded subsets, disjoint when n x trials fits the data (paper: 30)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--eot", type=positive_int, default=1, 
-                   help="EOT gradient samples per step, used on randomized models (a DARHT student in MC mode)")
-    p.add_argument("--mode", choices=["mc", "deterministic"], help="DARHT student: MC dropout or deterministic")
+    p.add_argument("--eot", type=positive_int, default=None,
+                   help="EOT samples per gradient step for a randomized model (default 20; ignored for "
+                        "deterministic models)")
+    p.add_argument("--draws", type=positive_int, default=20,
+                   help="stochastic predictions judging each example of a randomized model (default 20)")
+    p.add_argument("--eot-sweep", type=parse_int_list, metavar="E1,E2,...",
+                   help="also report robust accuracy per EOT setting (e.g. 1,5,20,50) on the same examples")
+    p.add_argument("--mode", choices=["mc", "deterministic"],
+                   help="DARHT student: only MC dropout or only deterministic (default: both faces)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="write the JSON record here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("compare", help="Mann-Whitney U test between evaluation records")
-    p.add_argument("records", nargs="+")
+    p = sub.add_parser("compare", help="paired tests (McNemar, bootstrap CI), Mann-Whitney U and tests "
+                       "across training seeds between evaluation records")
+    p.add_argument("records", nargs="+", metavar="[NAME=]RECORD",
+                   help="evaluation records; NAME=PATH groups several records (training seeds) of one method; "
+                        "the first method is the baseline")
     p.add_argument("--attack", help="compare on this attack only (default: every common one)")
     p.add_argument("--out")
     p.set_defaults(func=cmd_compare)

@@ -51,12 +51,17 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    """Per-epoch validation on the held-out split: clean + PGD."""
+    """Per-epoch validation on the held-out split: clean + PGD (in fp32, also under AMP).
+
+    A randomized model (a DARHT student in MC mode) is attacked with EOT and judged by the
+    verdict rule over `draws` predictions, as in `darht evaluate`."""
     attack: str = "pgd"
     eps: float = 8 / 255
     steps: int = 10
     n: int = 512                     # validation examples used per epoch
     every: int = 1
+    eot: int | None = None           # EOT samples per step for a randomized model (None: 20)
+    draws: int = 20                  # predictions judging each example of a randomized model
 
 
 @dataclass

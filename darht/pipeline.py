@@ -9,7 +9,6 @@ interrupted continues where it stopped. Layout of `out/`:
 from __future__ import annotations
 
 import copy
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -175,7 +174,7 @@ class Pipeline:
         self.log("[transfer]")
         t = dict(self.cfg.transfer)
         kw = {"attack": t.get("attack", "pgd"), "eps": float(t.get("eps", 8 / 255)), "n": t.get("n", 1000),
-              "attack_args": t.get("attack_args")}
+              "attack_args": t.get("attack_args"), "seed": self.cfg.seed, "draws": int(t.get("draws", 20))}
         data = self._test_data()
         x, y = data.float_x(), data.y
         c, h, _ = data.shape

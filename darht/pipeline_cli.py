@@ -23,7 +23,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     c, h, _ = data.shape
     device = resolve_device(args.device)
     x, y = data.float_x().to(device), data.y.to(device)
-    kw = {"attack": args.attack, "eps": args.eps, "n": args.n, "batch_size": args.batch_size}
+    kw = {"attack": args.attack, "eps": args.eps, "n": args.n, "batch_size": args.batch_size, "seed": args.seed,
+          "draws": args.draws}
     names = args.candidates if args.select else args.teacher
     if not names:
         raise DarhtError("transfer needs --teacher T (repeatable) with --student S, or --select J CANDIDATE...")
@@ -89,7 +90,9 @@ def add_verbs(sub: Any) -> None:
     p.add_argument("--eps", type=parse_eps, default=8 / 255)
     p.add_argument("--n", type=positive_int, default=1000)
     p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="draws the --n examples, and seeds the attacks")
+    p.add_argument("--draws", type=positive_int, default=20,
+                   help="stochastic predictions per example for a randomized model (verdict rule)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out")
     p.set_defaults(func=cmd_transfer)

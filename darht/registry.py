@@ -11,14 +11,17 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, Any] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str, obj: Any = None) -> Callable:
-        """Register `obj` under `name`; usable as a decorator when `obj` is omitted."""
+    def register(self, name: str, obj: Any = None, **meta: Any) -> Callable:
+        """Register `obj` under `name` with its metadata (e.g. an attack's `eot` keyword);
+        usable as a decorator when `obj` is omitted."""
 
         def add(o: Any) -> Any:
             if name in self._items:
                 raise ValueError(f"{self.kind} '{name}' registered twice")
             self._items[name] = o
+            self._meta[name] = dict(meta)
             return o
 
         return add(obj) if obj is not None else add
@@ -28,6 +31,11 @@ class Registry:
         if name not in self._items:
             raise DarhtError(f"unknown {self.kind} '{name}'; choose from: {', '.join(self.names())}")
         return self._items[name]
+
+    def meta(self, name: str) -> dict[str, Any]:
+        """The metadata `name` was registered with (a copy; {} when none)."""
+        self.get(name)
+        return dict(self._meta[name])
 
     def names(self) -> list[str]:
         _load_builtins()

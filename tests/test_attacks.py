@@ -440,3 +440,23 @@ def test_attack_subset_keeps_version_settings():
     # gradient passes (start + n_iter = 3) scale with eot_iter 1 -> 20; the rand version also
     # skips AutoAttack's 5-pass "is it randomized?" check
     assert counts["rand"] - (counts["custom"] - 5) == 19 * 3
+
+
+@pytest.mark.parametrize("attack", ["pgd", "fgsm", "cw-inf", "fat-pgd", "trades-pgd", "apgd-ce"])
+def test_attacks_run_in_fp32_inside_an_autocast_region(attack):
+    """An AMP training step wraps the method's loss (and so its inner attack) in autocast: the
+    attack must still see fp32 logits and gradients, i.e. return what it returns outside."""
+    from darht.models import create_model
+    from darht.registry import ATTACKS
+
+    torch.manual_seed(0)
+    model = create_model("small-cnn", num_classes=4, in_chans=1, img_size=12, width=4).eval()
+    x, y = torch.rand(6, 1, 12, 12), torch.randint(0, 4, (6,))
+    kw = {"n_iter": 3} if attack == "apgd-ce" else {"steps": 3} if attack != "fgsm" else {}
+    fn = ATTACKS.get(attack)
+    torch.manual_seed(1)
+    ref = fn(model, x, y, eps=0.03, **kw)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = fn(model, x, y, eps=0.03, **kw)
+    assert amp.dtype == torch.float32 and torch.equal(amp, ref)

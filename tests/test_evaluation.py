@@ -7,15 +7,13 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy.stats import mannwhitneyu
 
 from darht.attacks.fgsm import fgsm
 from darht.cli import main
 from darht.data import load_dataset
 from darht.evaluation.checks import sanity_checks
-from darht.evaluation.robustness import EvalSpec, evaluate, summarize, trial_indices
-from darht.evaluation.stats import compare
-from darht.evaluation.transfer import select_teachers, student_transfer, transfer_matrix
+from darht.evaluation.robustness import EvalSpec, Resolved, evaluate, summarize, trial_indices
+from darht.evaluation.transfer import select_teachers
 from darht.models import create_model
 from darht.models.io import load_model, save_model
 
@@ -46,14 +44,17 @@ def trained(tmp_path_factory):
     return model, path
 
 
-def test_trial_indices_are_seeded_subsets():
-    a = trial_indices(50, 10, 3, seed=1)
-    b = trial_indices(50, 10, 3, seed=1)
-    assert all(torch.equal(u, v) for u, v in zip(a, b))
+def test_trial_indices_are_seeded_subsets_disjoint_when_they_fit():
+    a, disjoint = trial_indices(50, 10, 3, seed=1)
+    b, _ = trial_indices(50, 10, 3, seed=1)
+    assert disjoint and all(torch.equal(u, v) for u, v in zip(a, b))
     assert all(len(t) == 10 and len(set(t.tolist())) == 10 for t in a)
-    assert not torch.equal(a[0], a[1])
-    assert torch.equal(trial_indices(7, None, 1, 0)[0], torch.arange(7))
-    assert len(trial_indices(7, 100, 2, 0)[0]) == 7  # n capped at the pool
+    assert len(set(torch.cat(a).tolist())) == 30  # no example in two trials
+    assert not torch.equal(trial_indices(50, 10, 3, seed=2)[0][0], a[0])
+    assert torch.equal(trial_indices(7, None, 1, 0)[0][0], torch.arange(7))
+    over, disjoint = trial_indices(20, 10, 3, seed=0)  # 30 > 20: overlapping, and flagged
+    assert not disjoint and all(len(set(t.tolist())) == 10 for t in over)
+    assert len(trial_indices(7, 100, 2, 0)[0][0]) == 7  # n capped at the pool
 
 
 def test_summarize_matches_direct_means():
@@ -97,7 +98,7 @@ def test_worst_case_is_per_example(trained):
     assert r["worst"]["mean"] <= min(r["fgsm"]["mean"], r["pgd"]["mean"]) + 1e-12
 
 
-def test_sanity_checks_flag_a_randomized_model():
+def test_sanity_checks_flag_explicit_eot_1_square_and_overlap():
     class Noisy(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -106,14 +107,14 @@ def test_sanity_checks_flag_a_randomized_model():
         def forward(self, x):
             return self.lin(x.flatten(1)) + torch.randn(len(x), 3)
 
-    notes = sanity_checks(Noisy(), torch.rand(5, 1, 2, 2), torch.zeros(5, dtype=torch.long), {}, torch.device("cpu"),
-                          randomized=False)
-    assert any("randomized" in n for n in notes)
-    summary = {"robust": {"pgd": {"mean": 0.5}, "square": {"mean": 0.3}}}
-    notes = sanity_checks(Noisy(), torch.rand(5, 1, 2, 2), torch.zeros(5, dtype=torch.long), summary,
-                          torch.device("cpu"), randomized=True, eot=4)
-    assert not any("randomized" in n for n in notes)
-    assert any("Square" in n for n in notes)
+    x, y = torch.rand(5, 1, 2, 2), torch.zeros(5, dtype=torch.long)
+    one = Resolved(["pgd"], True, 1, 20, True)
+    notes = sanity_checks(Noisy(), x, y, {}, torch.device("cpu"), res=one)
+    assert any("EOT 1" in n for n in notes)
+    rec = {"summary": {"robust": {"pgd": {"mean": 0.5}, "square": {"mean": 0.3}}}, "trials_disjoint": False}
+    notes = sanity_checks(Noisy(), x, y, rec, torch.device("cpu"), res=Resolved(["pgd", "square"], True, 20, 20, False))
+    assert not any("EOT 1" in n for n in notes)
+    assert any("square (black-box)" in n for n in notes) and any("overlap" in n for n in notes)
 
 
 def test_cli_evaluate_prints_table_and_json_matching_direct_computation(trained, tmp_path, capsys):
@@ -133,72 +134,13 @@ def test_cli_evaluate_prints_table_and_json_matching_direct_computation(trained,
     with torch.no_grad():
         clean = loaded(x).argmax(1) == y
     robust = clean & (loaded(fgsm(loaded, x, y, eps=0.1)).argmax(1) == y)
-    for t, idx in zip(rec["trials"], trial_indices(len(x), 40, 3, 0)):
+    subsets, disjoint = trial_indices(len(x), 40, 3, 0)
+    assert not disjoint and rec["trials_disjoint"] is False  # 3 x 40 > 96 examples
+    for t, idx in zip(rec["trials"], subsets):
         assert t["clean"] == pytest.approx(clean[idx].float().mean().item())
         assert t["robust"]["fgsm"] == pytest.approx(robust[idx].float().mean().item())
         assert t["w_robust"]["fgsm"] == pytest.approx((t["clean"] + t["robust"]["fgsm"]) / 2)
     assert rec["trials_count"] == 3 and rec["n"] == 40
-
-
-def test_compare_gives_scipys_p_value(tmp_path, capsys):
-    a = {"kind": "evaluation", "trials": [{"w_robust": {"pgd": v}} for v in (0.5, 0.52, 0.55, 0.51, 0.49)],
-         "summary": {"w_robust": {"pgd": {}}}}
-    b = {"kind": "evaluation", "trials": [{"w_robust": {"pgd": v}} for v in (0.45, 0.47, 0.46, 0.5, 0.44)],
-         "summary": {"w_robust": {"pgd": {}}}}
-    expected = mannwhitneyu([0.5, 0.52, 0.55, 0.51, 0.49], [0.45, 0.47, 0.46, 0.5, 0.44], alternative="two-sided")
-    r = compare(a, b, "pgd")
-    assert r["p_value"] == pytest.approx(expected.pvalue, rel=1e-12)
-    assert r["u"] == pytest.approx(expected.statistic)
-    pa, pb, po = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "cmp.json"
-    pa.write_text(json.dumps(a))
-    pb.write_text(json.dumps(b))
-    assert main(["compare", str(pa), str(pb), "--out", str(po)]) == 0
-    assert json.loads(po.read_text())["results"][0]["p_value"] == pytest.approx(expected.pvalue, rel=1e-12)
-    assert f"{expected.pvalue:.3g}" in capsys.readouterr().out
-
-
-class _Fixed(torch.nn.Module):
-    """A 'model' whose predictions are a fixed table: row i predicts `table[i]` for input i."""
-
-    def __init__(self, clean_pred, adv_pred):
-        super().__init__()
-        self.clean_pred, self.adv_pred = clean_pred, adv_pred
-        self.w = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, x):
-        # inputs carry their index in pixel 0 and an "attacked" flag in pixel 1
-        idx = (x[:, 0, 0, 0] * 100).round().long()
-        attacked = x[:, 0, 0, 1] > 0.5
-        pred = torch.where(attacked, self.adv_pred[idx], self.clean_pred[idx])
-        return F.one_hot(pred, 3).float() * 10 + self.w
-
-
-def _flag_attack(model, x, y, *, eps, **kw):
-    x = x.clone()
-    x[:, 0, 0, 1] = 1.0
-    return x
-
-
-def test_transfer_rates_equal_direct_counts(monkeypatch):
-    n = 10
-    x = torch.zeros(n, 1, 2, 2)
-    x[:, 0, 0, 0] = torch.arange(n) / 100
-    y = torch.zeros(n, dtype=torch.long)
-    ok = torch.zeros(n, dtype=torch.long)
-    student = _Fixed(ok, torch.tensor([1, 1, 1, 1, 1, 1, 0, 0, 0, 0]))   # fooled on 0..5
-    t1 = _Fixed(ok, torch.tensor([1, 1, 1, 0, 0, 0, 1, 1, 0, 0]))        # fooled on 0,1,2,6,7
-    t2 = _Fixed(torch.tensor([0] * 9 + [2]), torch.tensor([2, 0, 0, 0, 0, 0, 0, 0, 0, 0]))  # wrong clean on 9
-    monkeypatch.setattr("darht.evaluation.transfer.ATTACKS.get", lambda name: _flag_attack)
-    res = student_transfer(student, {"t1": t1, "t2": t2}, x, y, eps=0.0, n=None)
-    assert res["examples"] == 9                      # example 9 is wrong clean for t2
-    assert res["student_fooled"] == 6
-    assert res["teachers"]["t1"]["transfer_rate"] == pytest.approx(3 / 6)
-    assert res["teachers"]["t2"]["transfer_rate"] == pytest.approx(1 / 6)
-    assert res["teachers"]["t1"]["student_recovery"] == pytest.approx(2 / 5)   # 6, 7: teacher fooled, student not
-    assert res["teachers"]["t2"]["student_recovery"] == pytest.approx(0 / 1)
-    m = transfer_matrix({"s": student, "t1": t1}, x, y, eps=0.0, n=None)
-    assert m["matrix"]["s"]["t1"] == pytest.approx(3 / 6)
-    assert m["matrix"]["t1"]["s"] == pytest.approx(3 / 5)
 
 
 def test_select_teachers_picks_lowest_mutual_transfer():
@@ -229,7 +171,8 @@ def test_student_is_evaluated_in_both_modes(tmp_path, capsys, mode):
                  "--out", str(out)]) == 0
     rec = json.loads(out.read_text())
     assert rec["randomized"] is (mode == "mc")
-    assert any("EOT" in c for c in rec["checks"]) is (mode == "mc")
+    assert rec["eot"] == (20 if mode == "mc" else 1) and rec["draws"] == (20 if mode == "mc" else 1)
+    assert "faces" not in rec  # --mode picks one face; the default reports both
 
 
 def test_mode_flag_refuses_models_without_mc_head(trained, capsys):

@@ -18,9 +18,11 @@ import warnings
 from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from darht.attacks.core import check_inputs, eval_mode, frozen_params, preserved_rng
+from darht.attacks.core import (AttackOutput, check_inputs, draw_logits, eval_mode, fp32, frozen_params,
+                                preserved_rng, project_linf)
 from darht.errors import DarhtError
 from darht.registry import ATTACKS
 
@@ -95,6 +97,47 @@ def _configure(adversary: Any, n_cls: int, kw: dict) -> None:
         adversary.apgd.eot_iter = adversary.apgd_targeted.eot_iter = kw["eot_iter"]
 
 
+def _adversary(model: nn.Module, x: torch.Tensor, eps: float, version: str,
+               attacks_to_run: list[str] | None, seed: int, kw: dict) -> Any:
+    """A configured pyautoattack AutoAttack (call inside the guards of `_guarded`)."""
+    from pyautoattack import AutoAttack  # imported here: it is slow to import and only needed here
+
+    n_cls = _num_classes(model, x)
+    adversary = AutoAttack(model, norm="Linf", eps=float(eps), version=version, device=x.device,
+                           seed=seed, attacks=list(attacks_to_run) if version == "custom" else None)
+    if attacks_to_run:  # a subset run with the settings of `version` (e.g. EOT 20 for rand)
+        adversary.attacks_to_run = list(attacks_to_run)
+    _check_classes(list(adversary.attacks_to_run), n_cls)
+    _configure(adversary, n_cls, kw)
+    return adversary
+
+
+def _check_call(x: torch.Tensor, y: torch.Tensor | None, eps: float, version: str,
+                attacks_to_run: list[str] | None, kw: dict) -> None:
+    check_inputs(x, y, eps)
+    if y is None:
+        raise DarhtError("AutoAttack needs labels y")
+    if version not in VERSIONS:
+        raise DarhtError(f"unknown AutoAttack version '{version}'; choose from: {', '.join(VERSIONS)}")
+    unknown = sorted(set(kw) - set(TUNABLE) - {"n_queries"})
+    if unknown:
+        raise DarhtError(f"unknown AutoAttack setting(s) {', '.join(unknown)}; "
+                         f"choose from: {', '.join(TUNABLE + ('n_queries', 'seed', 'verbose'))}")
+    if version == "custom" and not attacks_to_run:
+        raise DarhtError("AutoAttack version 'custom' needs attacks_to_run")
+    bad = [a for a in attacks_to_run or [] if a not in MIN_CLASSES]
+    if bad:
+        raise DarhtError(f"unknown AutoAttack attack(s) {', '.join(bad)}; "
+                         f"choose from: {', '.join(MIN_CLASSES)}")
+
+
+@contextlib.contextmanager
+def _guarded(model: nn.Module, x: torch.Tensor, verbose: bool) -> Iterator[None]:
+    """Eval mode, frozen weights (FAB calls .backward()), RNG restored, fp32, quiet."""
+    with eval_mode(model), frozen_params(model), preserved_rng(), fp32(x), _quiet(verbose):
+        yield
+
+
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,
                    version: str = "standard", attacks_to_run: list[str] | None = None,
                    n_queries: int | None = None, seed: int = 0, verbose: bool = False,
@@ -106,57 +149,136 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     Robust = correctly classified on x and not fooled by any attack run (AutoAttack's verdict).
     Extra settings: n_iter, n_restarts, n_target_classes, eot_iter, batch_size (default 250).
     """
-    check_inputs(x, y, eps)
-    if y is None:
-        raise DarhtError("AutoAttack needs labels y")
-    if version not in VERSIONS:
-        raise DarhtError(f"unknown AutoAttack version '{version}'; choose from: {', '.join(VERSIONS)}")
-    unknown = sorted(set(kw) - set(TUNABLE))
-    if unknown:
-        raise DarhtError(f"unknown AutoAttack setting(s) {', '.join(unknown)}; "
-                         f"choose from: {', '.join(TUNABLE + ('n_queries', 'seed', 'verbose'))}")
     if n_queries is not None:
         kw["n_queries"] = n_queries
-    if version == "custom" and not attacks_to_run:
-        raise DarhtError("AutoAttack version 'custom' needs attacks_to_run")
-    bad = [a for a in attacks_to_run or [] if a not in MIN_CLASSES]
-    if bad:
-        raise DarhtError(f"unknown AutoAttack attack(s) {', '.join(bad)}; "
-                         f"choose from: {', '.join(MIN_CLASSES)}")
+    _check_call(x, y, eps, version, attacks_to_run, kw)
     if x.shape[0] == 0:
         return x.clone(), torch.zeros(0, dtype=torch.bool, device=x.device)
-
-    from pyautoattack import AutoAttack  # imported here: it is slow to import and only needed here
-
-    with eval_mode(model), frozen_params(model), preserved_rng(), _quiet(verbose):
-        n_cls = _num_classes(model, x)
-        adversary = AutoAttack(model, norm="Linf", eps=float(eps), version=version, device=x.device,
-                               seed=seed, attacks=list(attacks_to_run) if version == "custom" else None)
-        if attacks_to_run:  # a subset run with the settings of `version` (e.g. EOT 20 for rand)
-            adversary.attacks_to_run = list(attacks_to_run)
-        _check_classes(list(adversary.attacks_to_run), n_cls)
-        _configure(adversary, n_cls, kw)
+    with _guarded(model, x, verbose):
+        adversary = _adversary(model, x, eps, version, attacks_to_run, seed, kw)
         x_adv, y_adv = adversary.run_standard_evaluation(
             x.detach(), y.detach(), batch_size=kw.get("batch_size", 250))
     # AutoAttack's y_adv is the clean prediction, replaced by the fooled prediction where it won
     return x_adv.detach(), (y_adv == y)
 
 
-def _adapter(name: str, version: str, attacks: list[str] | None, **fixed: Any):
+# ---- strongest points, for randomized models --------------------------------------------------
+# pyautoattack's `perturb` keeps a point only where the draw it saw was fooled and returns the
+# clean x elsewhere; judged by fresh draws, an example fooled with probability q then counts as
+# fooled with probability ~q^2. For a randomized model each attack instead hands back, for every
+# example, the best point its own search found (the equivalents of `best_loss=True`).
+
+def _square_margin_over_draws(model: nn.Module, draws: int):
+    """Square's margin loss over `draws` stochastic predictions: a candidate is accepted when it
+    lowers the mean margin, and an example counts as done only when every draw is fooled (the
+    largest margin is <= 0); with the mean as the stopping test Square would stop at points that
+    fool about half of the draws."""
+    def margin_and_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = draw_logits(model, x, draws)                                   # [R, N, K]
+        z_y = z.gather(2, y.view(1, -1, 1).expand(z.shape[0], -1, 1)).squeeze(2)
+        others = z.masked_fill(F.one_hot(y, z.shape[2]).bool()[None], float("-inf")).amax(2)
+        margins = z_y - others                                             # [R, N]
+        return margins.amax(0), margins.mean(0)
+    return margin_and_loss
+
+
+def _points(adversary: Any, attack: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+            eps: float, seed: int, draws: int) -> list[torch.Tensor]:
+    """Every point one pyautoattack attack's search ends on, for every example of x."""
+    torch.manual_seed(seed)
+    if attack in ("apgd-ce", "apgd-dlr"):  # the highest-loss iterate over restarts
+        adversary.apgd.loss = "ce" if attack == "apgd-ce" else "dlr"
+        adversary.apgd.seed = seed
+        return [adversary.apgd.perturb(x, y, best_loss=True)]
+    if attack == "apgd-t":  # per target class: the highest targeted-DLR iterate
+        a = adversary.apgd_targeted
+        a.init_hyperparam(x)
+        with torch.no_grad():
+            order = model(x).sort(dim=1)[1]
+        out = []
+        for target in range(2, a.n_target_classes + 2):
+            a.y_target = order[:, -target]
+            out += [a.attack_single_run(x, y)[0] for _ in range(a.n_restarts)]
+        return out
+    if attack in ("fab", "fab-t"):
+        # FAB searches the smallest perturbation that reaches the decision boundary; its
+        # strongest point within the budget is that boundary point projected into the eps ball.
+        f = adversary.fab
+        f.device, f.targeted = x.device, attack == "fab-t"
+        if f.targeted:
+            f.n_restarts = 1  # as run_standard_evaluation does for fab-t
+        runs = [(t, r) for t in (range(2, f.n_target_classes + 2) if f.targeted else [None])
+                for r in range(f.n_restarts)]
+        out = []
+        with torch.no_grad():
+            for target, restart in runs:
+                if target is not None:
+                    f.target_class = target
+                adv = f.attack_single_run(x, y, use_rand_start=restart > 0, is_targeted=f.targeted)
+                out.append(project_linf(adv, x, eps))
+        return out
+    if attack == "square":  # its best candidate (lowest margin found)
+        sq = adversary.square
+        sq.init_hyperparam(x)
+        if draws > 1:
+            sq.margin_and_loss = _square_margin_over_draws(model, draws)
+        return [sq.attack_single_run(x, y)[1] for _ in range(sq.n_restarts)]
+    raise DarhtError(f"unknown AutoAttack attack '{attack}'")
+
+
+def strongest_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,
+                     version: str = "standard", attacks_to_run: list[str] | None = None,
+                     n_queries: int | None = None, seed: int = 0, verbose: bool = False,
+                     eot: int = 1, own_verdict: bool = False, **kw: Any) -> AttackOutput:
+    """The attacks of `version`/`attacks_to_run`, each returning its strongest point for every
+    example (APGD: highest-loss iterate; APGD-T: one per target; FAB: its boundary point projected
+    into the ball; Square: its best candidate, with the margin averaged over `eot` draws).
+
+    own_verdict: also run `run_standard_evaluation` and keep pyautoattack's robust mask.
+    """
+    if n_queries is not None:
+        kw["n_queries"] = n_queries
+    _check_call(x, y, eps, version, attacks_to_run, kw)
+    if x.shape[0] == 0:
+        return AttackOutput([x.clone()], ["none"], torch.zeros(0, dtype=torch.bool, device=x.device))
+    draws = eot if eot > 1 else int(kw.get("eot_iter", 1))  # Square's draws inside an ensemble
+    candidates, names = [], []
+    with _guarded(model, x, verbose):
+        adversary = _adversary(model, x, eps, version, attacks_to_run, seed, kw)
+        for attack in adversary.attacks_to_run:
+            pts = _points(adversary, attack, model, x.detach(), y.detach(), eps, seed, draws)
+            candidates += [p.detach() for p in pts]
+            names += [attack] * len(pts)
+    verdict = None
+    if own_verdict:
+        verdict = run_autoattack(model, x, y, eps=eps, version=version, attacks_to_run=attacks_to_run,
+                                 seed=seed, verbose=verbose, **kw)[1]
+    return AttackOutput(candidates, names, verdict)
+
+
+def _adapter(name: str, version: str, attacks: list[str] | None, *, eot: str | None, white_box: bool,
+             ensemble: bool = False, **fixed: Any):
     def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,
                seed: int = 0, verbose: bool = False, **kw: Any) -> torch.Tensor:
+        kw.pop("eot", None)  # Square's draws: only the strongest-point mode uses them
         return run_autoattack(model, x, y, eps=eps, version=version, attacks_to_run=attacks,
                               seed=seed, verbose=verbose, **{**fixed, **kw})[0]
 
+    def strongest(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,
+                  seed: int = 0, verbose: bool = False, **kw: Any) -> AttackOutput:
+        return strongest_points(model, x, y, eps=eps, version=version, attacks_to_run=attacks,
+                                seed=seed, verbose=verbose, own_verdict=ensemble, **{**fixed, **kw})
+
     attack.__name__ = name.replace("-", "_")
     attack.__doc__ = f"pyautoattack '{name}' (Linf): f(model, x, y, *, eps, seed, verbose, **settings) -> x_adv."
-    return ATTACKS.register(name)(attack)
+    return ATTACKS.register(name, eot=eot, white_box=white_box, ensemble=ensemble,
+                            strongest=strongest)(attack)
 
 
-apgd_ce = _adapter("apgd-ce", "custom", ["apgd-ce"])
-apgd_dlr = _adapter("apgd-dlr", "custom", ["apgd-dlr"])
-apgd_t = _adapter("apgd-t", "custom", ["apgd-t"])
-fab_t = _adapter("fab-t", "custom", ["fab-t"])
-square = _adapter("square", "custom", ["square"], n_queries=5000)
-autoattack = _adapter("autoattack", "standard", None)
-autoattack_rand = _adapter("autoattack-rand", "rand", None)
+apgd_ce = _adapter("apgd-ce", "custom", ["apgd-ce"], eot="eot_iter", white_box=True)
+apgd_dlr = _adapter("apgd-dlr", "custom", ["apgd-dlr"], eot="eot_iter", white_box=True)
+apgd_t = _adapter("apgd-t", "custom", ["apgd-t"], eot="eot_iter", white_box=True)
+fab_t = _adapter("fab-t", "custom", ["fab-t"], eot=None, white_box=True)
+square = _adapter("square", "custom", ["square"], eot="eot", white_box=False, n_queries=5000)
+autoattack = _adapter("autoattack", "standard", None, eot="eot_iter", white_box=True, ensemble=True)
+autoattack_rand = _adapter("autoattack-rand", "rand", None, eot="eot_iter", white_box=True, ensemble=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
@@ -19,6 +20,22 @@ from torch import nn
 from darht.errors import DarhtError
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]  # logits [B, C] -> scalar loss to ascend
+
+
+@dataclass
+class AttackOutput:
+    """What an attack hands the evaluator for a randomized model: for every example, candidate
+    points inside the eps ball (never the clean x merely because one draw was not fooled).
+
+    candidates: points [N, ...] each (e.g. one per target class or per ensemble member); the
+    evaluator keeps, per example, the candidate that scores lowest on one set of draws and judges
+    it on fresh draws. names: the sub-attack that made each candidate. verdict: the attack's own
+    robust mask [N] where it has one (pyautoattack's ensembles), recorded next to ours.
+    """
+
+    candidates: list[torch.Tensor]
+    names: list[str] = field(default_factory=list)
+    verdict: torch.Tensor | None = None
 
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
@@ -109,24 +126,54 @@ def preserved_rng() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda_states)
 
 
+def draw_logits(model: nn.Module, x: torch.Tensor, draws: int) -> torch.Tensor:
+    """`draws` independent stochastic predictions of `model` on x: logits [R, N, K].
+
+    A model whose randomness lives only after a deterministic part may provide
+    `forward_draws(x, draws)` (the DARHT student samples its head R times on one backbone pass);
+    any other model runs `draws` forward passes.
+    """
+    if draws < 1:
+        raise DarhtError(f"draws must be >= 1, got {draws}")
+    fn = getattr(model, "forward_draws", None)
+    if callable(fn):
+        return fn(x, draws)
+    return torch.stack([model(x) for _ in range(draws)])
+
+
+def fp32(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off for an attack: fp16 input gradients underflow (sign(0) = no step) and bf16
+    logits weaken PGD, so attacks (inner and evaluation) run in fp32 even inside an AMP step."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def logits_and_input_grad(model: nn.Module, x_adv: torch.Tensor, loss_fn: LossFn,
                           eot: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits of the last pass, d loss / d x_adv averaged over `eot` forward passes).
+    """(logits of the last draw, d loss / d x_adv averaged over `eot` stochastic draws), in fp32.
 
-    `eot` > 1 is Expectation over Transformation for randomized models: each pass draws new
-    randomness, and the averaged gradient estimates the gradient of the expected loss.
+    `eot` > 1 is Expectation over Transformation for randomized models: the gradient of the mean
+    loss over `eot` draws estimates the gradient of the expected loss. With `forward_draws`
+    (see `draw_logits`) the draws share one backbone pass and one backward; otherwise each draw
+    is its own forward pass. Both give the mean of the per-draw gradients.
     """
     if eot < 1:
         raise DarhtError(f"eot must be >= 1, got {eot}")
-    grad = torch.zeros_like(x_adv)
-    logits = None
-    for _ in range(eot):
-        xi = x_adv.detach().requires_grad_(True)
-        with torch.enable_grad():
+    draws = getattr(model, "forward_draws", None)
+    if eot > 1 and callable(draws):
+        xi = x_adv.detach().float().requires_grad_(True)
+        with torch.enable_grad(), fp32(xi):
+            all_logits = draws(xi, eot)                       # [R, N, K], one backbone pass
+            loss = sum(loss_fn(z) for z in all_logits) / eot
+            grad = torch.autograd.grad(loss, [xi])[0]
+        return all_logits[-1].detach(), grad
+    grad = torch.zeros_like(x_adv, dtype=torch.float32)
+    for _ in range(eot):  # one graph at a time: memory stays that of a single pass
+        xi = x_adv.detach().float().requires_grad_(True)
+        with torch.enable_grad(), fp32(xi):
             logits = model(xi)
             loss = loss_fn(logits)
-        grad += torch.autograd.grad(loss, [xi])[0]
-    return logits.detach(), grad / eot
+            grad += torch.autograd.grad(loss, [xi])[0]
+    return logits.detach(), grad / eot if eot > 1 else grad
 
 
 def input_grad(model: nn.Module, x_adv: torch.Tensor, loss_fn: LossFn, eot: int = 1) -> torch.Tensor:
@@ -167,5 +214,6 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor | None, eps: float, steps: int
 
 @torch.no_grad()
 def clean_probs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """softmax f(x) without grad: the fixed target of KL attacks (TRADES, RSLAD-style)."""
-    return F.softmax(model(x), dim=1)
+    """softmax f(x) in fp32, without grad: the fixed target of KL attacks (TRADES, RSLAD-style)."""
+    with fp32(x):
+        return F.softmax(model(x.float()).float(), dim=1)

@@ -29,7 +29,7 @@ def make_loss(loss: str, y: torch.Tensor | None, kappa: float = 50.0,
     raise DarhtError(f"unknown attack loss '{loss}'; choose from: ce, cw, kl")
 
 
-@ATTACKS.register("pgd")
+@ATTACKS.register("pgd", eot="eot", white_box=True)
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float = 8 / 255,
         alpha: float = 2 / 255, steps: int = 10, loss: str = "ce", kappa: float = 50.0,
         target_probs: torch.Tensor | None = None, start: str = "normal", sigma: float = 0.001,
@@ -51,7 +51,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
     return x_adv
 
 
-@ATTACKS.register("cw-inf")
+@ATTACKS.register("cw-inf", eot="eot", white_box=True)
 def cw_inf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,
            steps: int = 30, alpha: float | None = None, kappa: float = 50.0,
            eot: int = 1) -> torch.Tensor:

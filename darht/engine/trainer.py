@@ -282,9 +282,10 @@ class _Run:
             return {}
         idx = torch.arange(info.rank, n, info.world_size)  # each rank validates its share
         part = self.val.subset(idx)
-        with self.autocast():
-            counts = validate(self.net, part.float_x(), part.y, cfg.eval.attack, eps=cfg.eval.eps,
-                              steps=cfg.eval.steps, batch_size=cfg.batch_size, device=self.device)
+        # no autocast: validation attacks and verdicts run in fp32 (they choose the best checkpoint)
+        counts = validate(self.net, part.float_x(), part.y, cfg.eval.attack, eps=cfg.eval.eps,
+                          steps=cfg.eval.steps, batch_size=cfg.batch_size, device=self.device,
+                          eot=cfg.eval.eot, draws=cfg.eval.draws)
         totals = torch.tensor(counts, dtype=torch.float64, device=self.device)
         if info.enabled:
             ddp.all_reduce_sum(totals)
@@ -346,14 +347,17 @@ def is_better(val: dict, best: dict, select_by: str = "robust") -> bool:
     return tuple(val[k] for k in keys) > tuple(best[k] for k in keys)
 
 
-@torch.no_grad()
-def _accuracy_counts(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return model(x).argmax(1) == y
-
-
 def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, *, eps: float, steps: int,
-             batch_size: int, device: torch.device) -> tuple[int, int, int]:
-    """(#correct clean, #correct under `attack` and clean (worst case per example), #examples)."""
+             batch_size: int, device: torch.device, eot: int | None = None,
+             draws: int = 20) -> tuple[float, float, int]:
+    """(#correct clean, #correct under `attack` and clean (per-example minimum), #examples).
+
+    A deterministic model: counts of 0/1 verdicts, one pass each. A randomized one (says so, or
+    its outputs vary): EOT `eot` (default 20) and the verdict rule over `draws` predictions, so
+    the counts are expected numbers of correct predictions.
+    """
+    from darht.evaluation.robustness import DEFAULT_EOT, judge, run_attack
+    from darht.evaluation.verdict import is_randomized, score
     from darht.registry import ATTACKS
 
     fn = ATTACKS.get(attack)
@@ -362,15 +366,20 @@ def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, *,
     kw = {"steps": steps} if takes_steps else {}
     was_training = model.training
     model.eval()
-    clean = robust = 0
+    clean = robust = 0.0
     try:
+        randomized = is_randomized(model, x[:batch_size].to(device))
+        key = ATTACKS.meta(attack).get("eot")
+        if randomized and key:
+            kw[key] = DEFAULT_EOT if eot is None else eot
+        n_draws = draws if randomized else 1
         for i in range(0, len(y), batch_size):
             xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-            ok = _accuracy_counts(model, xb, yb)
-            x_adv = fn(model, xb, yb, eps=eps, **kw)
-            ok_adv = ok & _accuracy_counts(model, x_adv, yb)
-            clean += int(ok.sum())
-            robust += int(ok_adv.sum())
+            ok = score(model, xb, yb, n_draws, batch_size)[0]
+            ok_adv = judge(model, run_attack(attack, model, xb, yb, eps, kw, randomized), yb, n_draws,
+                           batch_size)[0]
+            clean += ok.sum().item()
+            robust += torch.minimum(ok, ok_adv).sum().item()
     finally:
         model.train(was_training)
     return clean, robust, len(y)

@@ -1,10 +1,14 @@
 """Clean, robust and W-Robust accuracy of a model under a set of attacks, over seeded trials.
 
-Every example of the evaluation pool is attacked once per attack; trials are seeded random
-subsets of the pool whose accuracies are means of the per-example results. That gives the
-paper's "30 trials x 1000 examples" for the cost of attacking the union of the subsets once.
-Examples misclassified clean count as non-robust and are never attacked. Robust accuracy under
-"worst" is per example: robust only if it survives every attack.
+Every example of the evaluation pool is attacked once per attack; trials are seeded subsets of
+the pool (disjoint whenever n * trials fits in it) whose accuracies are means of the per-example
+results. Examples never classified correctly clean count as non-robust and are never attacked.
+
+Verdict (darht.evaluation.verdict): a deterministic model is judged by its one prediction; a
+randomized one by the fraction of `draws` fresh predictions that are correct at the attack's
+point (its expected accuracy; "strict" = all draws correct), attacked with EOT, and every attack
+hands back its strongest point for every example. "worst" is the per-example minimum over the
+attacks. The record keeps the per-example results, so records can be compared pairwise.
 """
 
 from __future__ import annotations
@@ -18,13 +22,21 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from darht.attacks.core import AttackOutput
 from darht.errors import DarhtError
+from darht.evaluation.verdict import DEFAULT_DRAWS, is_randomized, score
+from darht.models.student import unwrap_student
 from darht.registry import ATTACKS
+
+
+DEFAULT_ATTACKS = ["fgsm", "pgd", "cw-inf", "apgd-ce", "square"]
+RANDOMIZED_EXTRA = ["apgd-dlr"]      # added to the defaults for a randomized model (AutoAttack-rand's pair)
+DEFAULT_EOT = 20                     # EOT for a randomized model when none is set (AutoAttack-rand's 20)
 
 
 @dataclass
 class EvalSpec:
-    attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd", "cw-inf", "apgd-ce", "square"])
+    attacks: list[str] | None = None # None: DEFAULT_ATTACKS (+ RANDOMIZED_EXTRA for a randomized model)
     eps: float = 8 / 255
     n: int | None = 1000             # examples per trial (None: the whole split)
     pool: int | None = None          # draw the trials from a seeded random pool of this many test
@@ -33,70 +45,126 @@ class EvalSpec:
     seed: int = 0
     batch_size: int = 256
     attack_args: dict[str, dict[str, Any]] = field(default_factory=dict)
-    eot: int = 1                     # gradient samples per step for in-house attacks (randomized models)
+    eot: int | None = None           # EOT samples per gradient step (randomized models; None: 20)
+    draws: int = DEFAULT_DRAWS       # stochastic predictions judging each example (randomized models)
+    eot_sweep: list[int] = field(default_factory=list)  # e.g. [1, 5, 20, 50]: convergence evidence
+    faces: bool = True               # a DARHT student in MC mode is also evaluated with dropout off
     progress: bool = True
 
 
-def trial_indices(pool: int, n: int | None, trials: int, seed: int) -> list[torch.Tensor]:
-    """Seeded subsets of range(pool): trial t draws min(n, pool) examples without replacement."""
+@dataclass
+class Resolved:
+    """What an evaluation of one model actually runs: the spec's open choices settled for it."""
+    attacks: list[str]
+    randomized: bool
+    eot: int                         # 1 for a deterministic model
+    draws: int                       # 1 for a deterministic model
+    eot_explicit: bool
+
+
+def resolve(spec: EvalSpec, randomized: bool, num_classes: int) -> Resolved:
+    attacks = list(spec.attacks) if spec.attacks is not None else list(DEFAULT_ATTACKS)
+    if spec.attacks is None and randomized and num_classes >= 3:
+        attacks += RANDOMIZED_EXTRA
+    if not randomized:  # every pass gives the same output: one pass is exact and cheapest
+        return Resolved(attacks, False, 1, 1, spec.eot is not None)
+    return Resolved(attacks, True, DEFAULT_EOT if spec.eot is None else spec.eot, spec.draws,
+                    spec.eot is not None)
+
+
+def trial_indices(pool: int, n: int | None, trials: int, seed: int) -> tuple[list[torch.Tensor], bool]:
+    """Seeded subsets of range(pool), each of min(n, pool) examples, and whether they are disjoint.
+
+    Disjoint consecutive blocks of one seeded permutation whenever n * trials fits in the pool;
+    otherwise trial t is its own seeded draw without replacement (overlapping: flagged).
+    """
     n = pool if n is None else min(n, pool)
     if n == pool and trials == 1:
-        return [torch.arange(pool)]
-    return [torch.randperm(pool, generator=torch.Generator().manual_seed(seed + t))[:n] for t in range(trials)]
+        return [torch.arange(pool)], True
+    if n * trials <= pool:
+        perm = torch.randperm(pool, generator=torch.Generator().manual_seed(seed))
+        return [perm[t * n:(t + 1) * n] for t in range(trials)], True
+    return [torch.randperm(pool, generator=torch.Generator().manual_seed(seed + t))[:n]
+            for t in range(trials)], False
 
 
-def _attack_kwargs(name: str, spec: EvalSpec, randomized: bool) -> dict:
+def attack_kwargs(name: str, spec: EvalSpec, res: Resolved, eot: int | None = None) -> dict:
+    """The keyword arguments `name` is called with: paper defaults < user settings < EOT."""
     from darht.attacks import PAPER_DEFAULTS
 
     kw = dict(PAPER_DEFAULTS.get(name, {}))
     kw.update(spec.attack_args.get(name, {}))
-    # EOT averages gradients over random forward passes: only a randomized model needs it (for a
-    # deterministic one every pass gives the same gradient, so it would only multiply the cost).
-    if spec.eot > 1 and randomized:
-        if name in ("pgd", "cw-inf", "fgsm"):
-            kw.setdefault("eot", spec.eot)
-        elif name in ("apgd-ce", "apgd-dlr", "apgd-t"):
-            kw.setdefault("eot_iter", spec.eot)
+    eot = res.eot if eot is None else eot
+    key = ATTACKS.meta(name).get("eot")
+    # a deterministic model gives the same gradient on every pass: EOT would only multiply the cost
+    if key and res.randomized and eot > 1:
+        kw.setdefault(key, eot)
     return kw
 
 
-@torch.no_grad()
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+def run_attack(name: str, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, eps: float,
+                kw: dict, randomized: bool) -> AttackOutput:
+    strongest = ATTACKS.meta(name).get("strongest")
+    if randomized and strongest is not None:
+        out = strongest(model, xb, yb, eps=eps, **kw)
+    else:
+        out = AttackOutput([ATTACKS.get(name)(model, xb, yb, eps=eps, **kw)], [name])
+    for c in out.candidates:
+        if (c - xb).abs().max().item() > eps + 1e-5:
+            raise RuntimeError(f"attack {name} left the eps ball")  # a bug, not user input
+    return out
+
+
+def judge(model: nn.Module, out: AttackOutput, yb: torch.Tensor, draws: int,
+          batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Score an attack's points by the verdict rule: (fraction of draws correct, all correct,
+    the point judged per example).
+
+    With several candidates per example, one set of draws picks the lowest-scoring candidate and
+    a fresh set judges it, so the choice does not bias the reported number downwards.
+    """
+    chosen = out.candidates[0]
+    if len(out.candidates) > 1:
+        pick = torch.stack([score(model, c, yb, draws, batch_size)[0] for c in out.candidates]).argmin(0)
+        chosen = torch.stack(out.candidates)[pick, torch.arange(len(yb), device=yb.device)]
+    return (*score(model, chosen, yb, draws, batch_size), chosen)
 
 
 def per_example_results(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: EvalSpec,
-                        device: torch.device, randomized: bool = False) -> dict[str, torch.Tensor]:
-    """Boolean masks [N]: 'clean' and one per attack (robust = correct on the attacked input)."""
+                        device: torch.device, res: Resolved) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-example scores [N]: 'robust' (fraction of draws correct; 0/1 for a deterministic model)
+    and 'strict' (all draws correct) for 'clean', every attack and 'worst' (per-example minimum
+    over the attacks), plus 'own' (pyautoattack's verdict, ensembles on randomized models only)."""
     model.eval()
-    clean = _predict(model, x, spec.batch_size, device) == y
-    results = {"clean": clean}
-    todo = clean.nonzero().flatten()           # misclassified clean examples are not attacked
+    xs, ys = x.to(device), y.to(device)
+    clean, clean_strict = score(model, xs, ys, res.draws, spec.batch_size)
+    robust, strict, own = {"clean": clean.cpu()}, {"clean": clean_strict.cpu()}, {}
+    todo = (clean > 0).nonzero().flatten().cpu()   # examples never classified correctly are not attacked
     batches = math.ceil(len(todo) / spec.batch_size) if len(todo) else 0
-    bar = tqdm(total=batches * len(spec.attacks), desc="attacks", disable=not spec.progress, leave=False)
-    for name in spec.attacks:
-        attack = ATTACKS.get(name)
-        kw = _attack_kwargs(name, spec, randomized)
-        robust = torch.zeros_like(clean)
+    bar = tqdm(total=batches * len(res.attacks), desc="attacks", disable=not spec.progress, leave=False)
+    for name in res.attacks:
+        kw = attack_kwargs(name, spec, res)
+        r, s = torch.zeros(len(x)), torch.zeros(len(x), dtype=torch.bool)
+        verdict = None
         for i in range(0, len(todo), spec.batch_size):
             idx = todo[i:i + spec.batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
-            x_adv = attack(model, xb, yb, eps=spec.eps, **kw)
-            if (x_adv - xb).abs().max().item() > spec.eps + 1e-5:
-                raise RuntimeError(f"attack {name} left the eps ball")  # a bug, not user input
-            with torch.no_grad():
-                robust[idx] = (model(x_adv).argmax(1) == yb).cpu()
+            out = run_attack(name, model, xb, yb, spec.eps, kw, res.randomized)
+            fr, st, _ = judge(model, out, yb, res.draws, spec.batch_size)
+            r[idx], s[idx] = fr.cpu(), st.cpu()
+            if out.verdict is not None:
+                verdict = torch.zeros(len(x), dtype=torch.bool) if verdict is None else verdict
+                verdict[idx] = out.verdict.cpu()
             bar.set_postfix_str(name)
             bar.update(1)
-        results[name] = robust
+        robust[name], strict[name] = r, s
+        if verdict is not None:
+            own[name] = verdict
     bar.close()
-    if spec.attacks:
-        worst = clean.clone()
-        for name in spec.attacks:
-            worst &= results[name]
-        results["worst"] = worst
-    return results
+    if res.attacks:
+        robust["worst"] = torch.stack([robust[a] for a in res.attacks]).min(0).values
+        strict["worst"] = torch.stack([strict[a] for a in res.attacks]).all(0)
+    return {"robust": robust, "strict": strict, "own": own}
 
 
 def summarize(results: dict[str, torch.Tensor], subsets: list[torch.Tensor]) -> dict:
@@ -123,51 +191,121 @@ def summarize(results: dict[str, torch.Tensor], subsets: list[torch.Tensor]) -> 
     return {"trials": trials, "summary": summary}
 
 
+def _evaluate_face(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: EvalSpec, device: torch.device,
+                   res: Resolved, subsets: list[torch.Tensor], index: torch.Tensor) -> dict:
+    """One face of a model (as it is now) on the pool x: summaries, trials and per-example results."""
+    per = per_example_results(model, x, y, spec, device, res)
+    record = summarize(per["robust"], subsets)
+    strict = summarize(per["strict"], subsets)
+    record["summary"]["strict"] = strict["summary"]["robust"]
+    record["summary"]["clean_strict"] = strict["summary"]["clean"]
+    for row, srow in zip(record["trials"], strict["trials"]):
+        row["strict"] = srow["robust"]
+
+    def col(t: torch.Tensor) -> list:
+        return [round(v, 4) for v in t.tolist()] if t.dtype.is_floating_point else [int(v) for v in t.tolist()]
+
+    record["examples"] = {
+        "index": index.tolist(), "clean": col(per["robust"]["clean"]), "clean_strict": col(per["strict"]["clean"]),
+        "robust": {k: col(v) for k, v in per["robust"].items() if k != "clean"},
+        "strict": {k: col(v) for k, v in per["strict"].items() if k != "clean"},
+    }
+    if per["own"]:  # pyautoattack's own verdict, next to ours
+        record["examples"]["pyautoattack_verdict"] = {k: col(v) for k, v in per["own"].items()}
+        record["summary"]["pyautoattack_verdict"] = {k: v.float().mean().item() for k, v in per["own"].items()}
+    record.update({"randomized": res.randomized, "eot": res.eot, "draws": res.draws,
+                   "attacks": list(res.attacks),
+                   "attack_args": {k: attack_kwargs(k, spec, res) for k in res.attacks},
+                   "examples_attacked": int((per["robust"]["clean"] > 0).sum().item())})
+    return record
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: EvalSpec,
              device: torch.device) -> dict:
-    """Run the evaluation and return a JSON-able record (without model/data descriptions)."""
-    from darht.evaluation.checks import sanity_checks
-    from darht.models import is_randomized
+    """Run the evaluation and return a JSON-able record (without model/data descriptions).
 
-    for name in spec.attacks:
+    A randomized model is judged by the verdict rule (darht.evaluation.verdict) and attacked with
+    EOT; a DARHT student in MC mode is evaluated a second time with dropout off (`faces`).
+    """
+    from darht.evaluation.checks import sanity_checks
+    from darht.evaluation.sweep import eot_sweep
+
+    for name in spec.attacks or []:
         ATTACKS.get(name)  # unknown names fail before any work
-    if spec.eps < 0:
-        raise DarhtError(f"eps must be >= 0, got {spec.eps}")
+    if not 0 <= spec.eps <= 1:
+        raise DarhtError(f"eps must be in [0, 1] (pixel units), got {spec.eps}")
+    if spec.draws < 1 or (spec.eot is not None and spec.eot < 1):
+        raise DarhtError("draws and eot must be >= 1")
     start = time.time()
     model = model.to(device).eval()
+    index = torch.arange(len(x))
     if spec.pool is not None and spec.pool < len(x):
-        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(spec.seed - 1))[: spec.pool]
-        x, y = x[keep], y[keep]
-    subsets = trial_indices(len(x), spec.n, spec.trials, spec.seed)
+        index = torch.randperm(len(x), generator=torch.Generator().manual_seed(spec.seed - 1))[: spec.pool]
+        x, y = x[index], y[index]
+    subsets, disjoint = trial_indices(len(x), spec.n, spec.trials, spec.seed)
     pool = torch.unique(torch.cat(subsets))          # attack each example of the union once
     remap = torch.full((len(x),), -1, dtype=torch.long)
     remap[pool] = torch.arange(len(pool))
-    randomized = is_randomized(model)
-    results = per_example_results(model, x[pool], y[pool], spec, device, randomized)
-    record = summarize(results, [remap[s] for s in subsets])
-    record["checks"] = sanity_checks(model, x[pool][: spec.batch_size], y[pool][: spec.batch_size],
-                                     record["summary"], device, randomized=randomized, eot=spec.eot)
+    subsets = [remap[s] for s in subsets]
+    xp, yp = x[pool], y[pool]
+    probe = xp[: spec.batch_size].to(device)
+    with torch.no_grad():
+        num_classes = int(model(probe[:1]).shape[1]) if len(probe) else 0
+    res = resolve(spec, is_randomized(model, probe), num_classes)
+    record = _evaluate_face(model, xp, yp, spec, device, res, subsets, index[pool])
+    if res.randomized and spec.eot_sweep:
+        record["eot_sweep"] = eot_sweep(model, xp, yp, spec, device, res, record)
+    record["trial_positions"] = [s.tolist() for s in subsets]
+    record["trials_disjoint"] = disjoint
+    record["checks"] = sanity_checks(model, xp[: spec.batch_size], yp[: spec.batch_size], record, device,
+                                     res=res)
+    student = unwrap_student(model)
+    if spec.faces and res.randomized and student is not None and not student.deterministic:
+        student.set_deterministic(True)
+        try:  # the face RobustBench would accept: dropout off, a deterministic model
+            det = Resolved(list(res.attacks), False, 1, 1, False)
+            face = _evaluate_face(model, xp, yp, spec, device, det, subsets, index[pool])
+            face["checks"] = sanity_checks(model, xp[: spec.batch_size], yp[: spec.batch_size], face, device,
+                                           res=det)
+        finally:
+            student.set_deterministic(False)
+        record["face"] = "mc"
+        record["faces"] = {"deterministic": face}
     record.update({
         "eps": spec.eps, "n": len(subsets[0]), "trials_count": spec.trials, "pool_limit": spec.pool,
-        "seed": spec.seed, "attacks": list(spec.attacks), "randomized": randomized,
-        "attack_args": {k: _attack_kwargs(k, spec, randomized) for k in spec.attacks},
-        "examples_attacked": int(results["clean"].sum().item()), "pool": len(pool),
-        "wall_time_s": round(time.time() - start, 3),
+        "seed": spec.seed, "pool": len(pool), "wall_time_s": round(time.time() - start, 3),
     })
     return record
 
 
 def markdown_table(record: dict) -> str:
-    """The paper's layout: one row per attack with clean, robust and W-Robust accuracy (%)."""
+    """The paper's layout: one row per attack with clean, robust and W-Robust accuracy (%);
+    a randomized model adds the strict verdict, a DARHT student its deterministic face."""
     s = record["summary"]
     pm = record.get("trials_count", 1) > 1
+    rand = record.get("randomized", False)
+    det = (record.get("faces") or {}).get("deterministic")
 
-    def fmt(st: dict) -> str:
+    def fmt(st: dict | None) -> str:
+        if st is None:
+            return ""
         return f"{100 * st['mean']:.2f}" + (f" ± {100 * st['std']:.2f}" if pm else "")
 
-    lines = ["| attack | clean (%) | robust (%) | W-Robust (%) |", "|---|---|---|---|"]
+    head = ["attack", "clean (%)", "robust (%)", "W-Robust (%)"]
+    if rand:
+        head.insert(3, "strict (%)")
+    if det:
+        head = [head[0]] + [f"MC {h}" for h in head[1:]] + ["det. clean (%)", "det. robust (%)", "det. W-Robust (%)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k in s["robust"]:
-        lines.append(f"| {k} | {fmt(s['clean'])} | {fmt(s['robust'][k])} | {fmt(s['w_robust'][k])} |")
+        cells = [k, fmt(s["clean"]), fmt(s["robust"][k])]
+        if rand:
+            cells.append(fmt(s.get("strict", {}).get(k)))
+        cells.append(fmt(s["w_robust"][k]))
+        if det:
+            d = det["summary"]
+            cells += [fmt(d["clean"]), fmt(d["robust"].get(k)), fmt(d["w_robust"].get(k))]
+        lines.append("| " + " | ".join(cells) + " |")
     if not s["robust"]:
-        lines.append(f"| (none) | {fmt(s['clean'])} | | |")
+        lines.append(f"| (none) | {fmt(s['clean'])} |" + " |" * (len(head) - 2))
     return "\n".join(lines)

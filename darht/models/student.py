@@ -132,6 +132,26 @@ class DarhtStudent(nn.Module):
         """
         return self.forward_head(self.forward_features(x), return_maps=return_maps)
 
+    def forward_draws(self, x: torch.Tensor, draws: int, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """`draws` independent predictions [R,N,K], each what one forward() would return, from ONE
+        backbone pass: the randomness lives only in the head, so R forward passes differ only in
+        their R*C head masks. EOT and the verdict rule for randomized models use this: R draws cost
+        one backbone forward (and backward) plus R*C cheap head passes.
+
+        `masks` ([R*C,N,d], draw r uses rows r*C..(r+1)*C-1) overrides the fresh ones (for tests).
+        """
+        h = self.forward_features(x)
+        if self.deterministic or self._dropout == 0.0:
+            return self.forward_head(h).unsqueeze(0).expand(draws, -1, -1)
+        c, n = self._mc_samples, h.shape[0]
+        if masks is None:
+            keep = 1.0 - self._dropout
+            dtype = torch.promote_types(h.dtype, torch.float32)
+            masks = torch.empty((draws * c, n, self.num_features), dtype=dtype,
+                                device=h.device).bernoulli_(keep).div_(keep)
+        logits = self.classifier(self.teacher_map(h.unsqueeze(0) * masks))  # [R*C,N,K]
+        return logits.view(draws, c, n, self.num_classes).mean(1)          # [R,N,K]
+
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [N,K], maps [N,J,K]), both averaged over the MC samples."""
         return self.forward(x, return_maps=True)

@@ -73,21 +73,49 @@ def to_csv(table: list[dict]) -> str:
 
 
 def transfer_markdown(rec: dict) -> str:
-    """Student -> teacher transfer rates and recoveries, and the teacher-to-teacher matrix."""
+    """Student -> teacher transfer rates and recoveries, and the teacher-to-teacher matrix.
+
+    Counts on randomized models are expected values (floats); records made before the seeded
+    sample and the student-wrong-clean exclusion are printed as before.
+    """
+    def num(v: int | float) -> str:
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}"
+
     parts = []
     for student, res in rec.get("students", {}).items():
-        parts.append(f"Student `{student}` ({res['examples']} examples all teachers classify correctly; "
-                     f"{res['student_fooled']} fool the student):\n")
+        wrong = res.get("student_wrong_clean")
+        if wrong is None:
+            parts.append(f"Student `{student}` ({res['examples']} examples all teachers classify correctly; "
+                         f"{num(res['student_fooled'])} fool the student):\n")
+        else:
+            total = res["examples"] + wrong
+            seeded = (f"seeded sample of {res['pool']}, seed {res.get('seed')}" if res.get("pool", total) > total
+                      else "all of them")
+            expected = " (expected counts: randomized model)" if isinstance(res["student_fooled"], float) else ""
+            parts.append(f"Student `{student}` ({total} examples all teachers classify correctly "
+                         f"({seeded}); {wrong} of them the student gets wrong clean, excluded from the rates; "
+                         f"of the other {res['examples']}, {num(res['student_fooled'])} fool the student{expected}):\n")
         parts.append("| teacher | transfer rate (%) | student right where teacher wrong (%) |\n|---|---|---|")
         for t, v in res["teachers"].items():
-            tr = "n/a" if v["transfer_rate"] is None else f"{100 * v['transfer_rate']:.2f}"
-            rc = "n/a" if v["student_recovery"] is None else f"{100 * v['student_recovery']:.2f}"
-            parts.append(f"| {t} | {tr} | {rc} |")
+            parts.append(f"| {t} | {pct(v['transfer_rate'])} | {pct(v['student_recovery'])} |")
+        alle = res.get("all_examples")
+        if alle and wrong:
+            parts.append(f"\nOver all {alle['examples']} examples (student-wrong-clean included; "
+                         f"{num(alle['student_fooled'])} fool the student): mean transfer rate (%) "
+                         f"{pct(alle['mean_transfer_rate'])}; per teacher, transfer / recovery (%): "
+                         + ", ".join(f"{t} {pct(v['transfer_rate'])} / {pct(v['student_recovery'])}"
+                                     for t, v in alle["teachers"].items()))
         parts.append("")
     m = rec.get("teacher_matrix")
     if m:
         names = m["models"]
-        parts.append(f"Teacher-to-teacher transfer (row: crafted on; column: evaluated on; {m['examples']} examples):\n")
+        sample = (f", seeded sample of {m['pool']}, seed {m.get('seed')}" if m.get("pool", m["examples"]) > m["examples"]
+                  else "")
+        parts.append(f"Teacher-to-teacher transfer (row: crafted on; column: evaluated on; {m['examples']} examples "
+                     f"all of them classify correctly{sample}):\n")
         parts.append("| source \\ target | " + " | ".join(names) + " |")
         parts.append("|---|" + "---|" * len(names))
         for s in names:
