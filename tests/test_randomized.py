@@ -247,3 +247,18 @@ def test_deterministic_numbers_are_those_of_the_plain_code_path():
         assert rec["examples"]["robust"][name] == robust.int().tolist(), name
         assert rec["summary"]["robust"][name]["mean"] == pytest.approx(robust.float().mean().item())
     assert rec["examples"]["clean"] == clean.int().tolist()
+
+
+def test_eot_sweep_reports_each_setting_and_a_convergence_verdict(binary):
+    from darht.evaluation.sweep import stopped_falling
+
+    model, x, y = binary
+    torch.manual_seed(0)
+    rec = evaluate(model, x, y, _spec(["fgsm", "pgd"], draws=50, eot_sweep=[1, 5, 20]), torch.device("cpu"))
+    sweep = rec["eot_sweep"]
+    assert sweep["settings"] == [1, 5, 20] and set(sweep["attacks"]) == {"fgsm", "pgd"}
+    fg = sweep["attacks"]["fgsm"]["robust"]
+    assert fg[2] <= fg[0] + 0.02  # more EOT is not weaker
+    # the verdict: a drop within 0.5 pp (or 2 SE) counts as stopped; a clear drop does not
+    assert stopped_falling(torch.full((100,), 0.5), torch.full((100,), 0.498))[0]
+    assert not stopped_falling(torch.full((100,), 0.6), torch.full((100,), 0.4))[0]

@@ -48,6 +48,7 @@ class EvalSpec:
     eot: int | None = None           # EOT samples per gradient step (randomized models; None: 20)
     draws: int = DEFAULT_DRAWS       # stochastic predictions judging each example (randomized models)
     eot_sweep: list[int] = field(default_factory=list)  # e.g. [1, 5, 20, 50]: convergence evidence
+    eot_sweep_attacks: list[str] | None = None  # None: the in-house EOT attacks (fgsm, pgd, cw-inf) listed
     faces: bool = True               # a DARHT student in MC mode is also evaluated with dropout off
     progress: bool = True
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from darht.errors import DarhtError
+from darht.evaluation.sweep import sweep_markdown
 from darht.report import plots, tables
 from darht.utils import atomic_write_text
 
@@ -24,9 +25,20 @@ def write_report(run_dir: str | Path) -> Path:
         first = next(iter(records.values()))
         md += [f"Test split of `{first['data']['name']}`, eps = {first['eps']:.4f} "
                f"({first['eps'] * 255:.1f}/255), {first['n']} examples x {first.get('trials_count', 1)} trial(s). "
-               "W-Robust = (clean + robust) / 2; `worst` = robust under every attack, per example.", "",
-               tables.markdown(table), ""]
+               "W-Robust = (clean + robust) / 2; `worst` = the per-example minimum over the attacks. "
+               "Randomized models (DARHT students in MC mode) are judged by the expected accuracy of one "
+               "prediction (the fraction of fresh draws correct at each attack's strongest point; `strict` = "
+               "correct in every draw), attacked with EOT; their deterministic face (dropout off) is listed "
+               "next to them.", "", tables.markdown(table), ""]
         atomic_write_text(out / "results.csv", tables.to_csv(table))
+        sweeps = [(n, r) for n, r in records.items() if r.get("eot_sweep")]
+        for n, r in sweeps:
+            md += [f"EOT sweep for `{n}` (robust accuracy on the same examples, {r['draws']} draws each):", "",
+                   sweep_markdown(r["eot_sweep"]), ""]
+        unswept = [n for n, r in records.items() if r.get("randomized") and not r.get("eot_sweep")]
+        if unswept:
+            md += [f"No EOT sweep for the randomized model(s) {', '.join(unswept)}: set `evaluation.eot_sweep` "
+                   "to show that robust accuracy stopped falling.", ""]
         checks = [(n, c) for n, r in records.items() for c in r.get("checks", [])]
         if checks:
             md += ["Sanity checks:", ""] + [f"- {n}: {c}" for n, c in checks] + [""]

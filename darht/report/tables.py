@@ -36,19 +36,25 @@ def rows(records: dict[str, dict]) -> list[dict]:
                 attacks.append(a)
     for attack in attacks:
         for name, rec in records.items():
-            s = rec["summary"]
-            if attack not in s["robust"]:
-                continue
-            out.append({"attack": attack, "model": name, "clean": s["clean"]["mean"],
-                        "robust": s["robust"][attack]["mean"], "w_robust": s["w_robust"][attack]["mean"],
-                        "w_robust_std": s["w_robust"][attack]["std"], "trials": rec.get("trials_count", 1),
-                        "n": rec.get("n")})
+            faces = [("", rec)]
+            det = (rec.get("faces") or {}).get("deterministic")
+            if det:  # a DARHT student: as deployed (MC) and with dropout off, side by side
+                faces = [("mc", rec), ("deterministic", {**rec, **det})]
+            for face, r in faces:
+                s = r["summary"]
+                if attack not in s["robust"]:
+                    continue
+                strict = s.get("strict", {}).get(attack, {}).get("mean") if r.get("randomized") else None
+                out.append({"attack": attack, "model": name, "face": face, "clean": s["clean"]["mean"],
+                            "robust": s["robust"][attack]["mean"], "w_robust": s["w_robust"][attack]["mean"],
+                            "w_robust_std": s["w_robust"][attack]["std"], "trials": r.get("trials_count", 1),
+                            "n": r.get("n"), "strict": strict})
     return out
 
 
 def markdown(table: list[dict]) -> str:
     """The paper's Table 3 layout: per attack, one row per model; the best W-Robust in bold."""
-    lines = ["| attack | model | clean (%) | robust (%) | W-Robust (%) |", "|---|---|---|---|---|"]
+    lines = ["| attack | model | clean (%) | robust (%) | strict (%) | W-Robust (%) |", "|---|---|---|---|---|---|"]
     best: dict[str, float] = {}
     for r in table:
         best[r["attack"]] = max(best.get(r["attack"], -1.0), r["w_robust"])
@@ -58,17 +64,20 @@ def markdown(table: list[dict]) -> str:
             w += f" ± {100 * r['w_robust_std']:.2f}"
         if r["w_robust"] == best[r["attack"]]:
             w = f"**{w}**"
-        lines.append(f"| {r['attack']} | {r['model']} | {100 * r['clean']:.2f} | {100 * r['robust']:.2f} | {w} |")
+        strict = "" if r.get("strict") is None else f"{100 * r['strict']:.2f}"
+        model = f"{r['model']} ({r['face']})" if r.get("face") else r["model"]
+        lines.append(f"| {r['attack']} | {model} | {100 * r['clean']:.2f} | {100 * r['robust']:.2f} | "
+                     f"{strict} | {w} |")
     return "\n".join(lines)
 
 
 def to_csv(table: list[dict]) -> str:
     buf = io.StringIO()
-    fields = ["attack", "model", "clean", "robust", "w_robust", "w_robust_std", "trials", "n"]
+    fields = ["attack", "model", "face", "clean", "robust", "strict", "w_robust", "w_robust_std", "trials", "n"]
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for r in table:
-        w.writerow({k: r[k] for k in fields})
+        w.writerow({k: r.get(k) for k in fields})
     return buf.getvalue()
 
 
