@@ -1,6 +1,7 @@
 """Cost of the randomized evaluation (EOT, several draws) relative to the deterministic one.
 
-    python benchmarks/bench_eval.py [--batch 256] [--threads 1] [--repeats 3] [--steps 10] [--R 20] [--quick]
+    python benchmarks/bench_eval.py [--batch 256] [--threads 1] [--repeats 3] [--naive-repeats 1]
+                                    [--steps 10] [--R 20] [--quick]
 
 One DARHT student (small-cnn width 16 backbone, 2 teachers, MC dropout 0.3 with 8 head samples,
 random weights: cost does not depend on them) in eval mode, on one fixed batch of 1x28x28 images
@@ -12,12 +13,12 @@ Measured (warm-up call first, then the variants' repeats interleaved; median sec
   attacks   PGD (`--steps`) and FGSM at EOT 1 and EOT R through `darht.attacks`; EOT R once the
             library's way (head-only sampling: one backbone forward/backward for all R draws) and
             once the naive way (the student behind a wrapper without `forward_draws`: R full
-            forward passes per gradient);
+            forward passes per gradient; timed `--naive-repeats` times for PGD, as it is slow);
   scoring   `score(model, x, y, draws=R)` vs `draws=1`, and vs R full passes (naive);
   evaluate  a whole `evaluate` with attacks fgsm and pgd on the MC student (EOT R, R draws) vs the
             same student with `set_deterministic(True)` (EOT 1, 1 draw);
-  breakdown backbone forward+backward vs head forward+backward at C and R*C samples: where the
-            time of an EOT step goes;
+  breakdown backbone forward+backward vs head forward+backward and dropout-mask sampling at C and
+            R*C samples: where the time of an EOT step goes;
   exactness max |input gradient of forward_draws(x, R, masks)| - the mean gradient of R separate
             full passes with the same masks|: head-only sampling changes the cost, not the result.
 Prints one JSON object on stdout (progress on stderr).
@@ -82,14 +83,23 @@ def load_batch(n: int) -> tuple[torch.Tensor, str]:
     return torch.rand(n, *SHAPE, generator=g), f"uniform noise (seed 0; fashion-mnist unavailable: {why})"
 
 
-def timed(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict]:
+def timed(variants: dict[str, Callable[[], object]], repeats: int,
+          limited: dict[str, int] | None = None) -> dict[str, dict]:
     """Warm each variant up once, then run `repeats` rounds, the variants interleaved in each round
-    (so load from other processes hits all of them alike). Median and min seconds per variant."""
-    for fn in variants.values():
-        fn()
+    (so load from other processes hits all of them alike). Median and min seconds per variant.
+
+    `limited` {name: k}: that variant (an expensive naive one) skips the warm-up, as it runs the
+    same modules on the same shapes as the warmed-up variants, and is timed in the first k rounds.
+    """
+    limited = limited or {}
+    for k, fn in variants.items():
+        if k not in limited:
+            fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(repeats):
+    for i in range(repeats):
         for k, fn in variants.items():
+            if i >= limited.get(k, repeats):
+                continue
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
@@ -102,7 +112,7 @@ def ratio(a: dict, b: dict) -> float:
 
 
 def bench_attacks(model: DarhtStudent, x: torch.Tensor, y: torch.Tensor, *, steps: int, R: int,
-                  repeats: int) -> dict:
+                  repeats: int, naive_repeats: int) -> dict:
     plain = Plain(model).eval()
     eps = 8 / 255
     out = {}
@@ -111,7 +121,7 @@ def bench_attacks(model: DarhtStudent, x: torch.Tensor, y: torch.Tensor, *, step
             "eot1": lambda: attack(model, x, y, eps=eps, eot=1, **kw),
             f"eot{R}_head_only": lambda: attack(model, x, y, eps=eps, eot=R, **kw),
             f"eot{R}_naive_full_passes": lambda: attack(plain, x, y, eps=eps, eot=R, **kw),
-        }, repeats)
+        }, repeats, limited={f"eot{R}_naive_full_passes": naive_repeats} if name == "pgd" else None)
         head, naive = t[f"eot{R}_head_only"], t[f"eot{R}_naive_full_passes"]
         out[name] = {"settings": {"eps": round(eps, 6), **kw}, "times": t,
                      f"ratio_eot{R}_over_eot1": ratio(head, t["eot1"]),
@@ -184,9 +194,15 @@ def bench_breakdown(model: DarhtStudent, x: torch.Tensor, *, R: int, repeats: in
         hi = h0.clone().requires_grad_(True)
         torch.autograd.grad(model.classifier(model.teacher_map(hi.unsqueeze(0) * masks)).sum(), [hi])
 
+    def sample(k: int) -> None:  # the masks forward_draws draws per call, as it draws them
+        torch.empty(k, len(x), d).bernoulli_(keep).div_(keep)
+
     t = timed({"backbone_fwd_bwd": backbone, f"head_fwd_bwd_{c}_samples": lambda: head(masks_c),
-               f"head_fwd_bwd_{R * c}_samples": lambda: head(masks_rc)}, repeats)
-    return {"times": t, "note": "one gradient step of EOT E costs about backbone + head at E*C samples"}
+               f"head_fwd_bwd_{R * c}_samples": lambda: head(masks_rc),
+               f"mask_sampling_{c}": lambda: sample(c), f"mask_sampling_{R * c}": lambda: sample(R * c)},
+              repeats)
+    return {"times": t, "note": "a gradient step at EOT E costs about backbone + head and mask sampling "
+                                "at E*C samples (+ the loss over E draws)"}
 
 
 def gradient_check(model: DarhtStudent, x: torch.Tensor, y: torch.Tensor, *, R: int) -> dict:
@@ -222,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: the 2-core machine is shared, 1 thread times steadily)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (after a warm-up)")
+    p.add_argument("--naive-repeats", type=int, default=1,
+                   help="timed runs of the naive EOT-R PGD (R full passes per step: the slowest part; no warm-up)")
     p.add_argument("--steps", type=int, default=10, help="PGD steps")
     p.add_argument("--R", type=int, default=20, help="EOT samples and draws of the randomized path")
     p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run (batch 16, 2 steps, R 4, 1 repeat)")
@@ -241,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
 
     kw = {"R": a.R, "repeats": a.repeats}
     results = {
-        "attacks": bench_attacks(model, x, y, steps=a.steps, **kw),
+        "attacks": bench_attacks(model, x, y, steps=a.steps, naive_repeats=a.naive_repeats, **kw),
         "scoring": bench_scoring(model, x, y, **kw),
         "evaluate": bench_evaluate(model, x, y, steps=a.steps, **kw),
         "breakdown": bench_breakdown(model, x, **kw),
@@ -266,13 +284,15 @@ def main(argv: list[str] | None = None) -> None:
         "device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": {"arch": platform.machine(), "cpu_count": os.cpu_count(),
                     "loadavg_1_5_15_at_start": [round(v, 2) for v in load0],
-                    "note": "shared 2-core CPU machine; timings are medians of interleaved repeats"},
+                    "loadavg_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()],
+                    "note": "shared 2-core CPU machine (a load average above the thread count means "
+                            "other processes competed); timings are medians of interleaved repeats"},
         "model": {"name": "darht-student", "backbone": "small-cnn", "backbone_kwargs": {"width": 16},
                   "num_teachers": 2, "mc_samples": model.mc_samples, "dropout": model.dropout,
                   "weights": "random (seed 0)", "mode": "eval"},
         "data": {"source": source, "batch": a.batch, "input": list(SHAPE),
                  "labels": "the model's deterministic predictions"},
-        "settings": {"pgd_steps": a.steps, "R": a.R, "repeats": a.repeats, "quick": a.quick,
+        "settings": {"pgd_steps": a.steps, "R": a.R, "repeats": a.repeats, "naive_pgd_repeats": min(a.naive_repeats, a.repeats), "quick": a.quick,
                      "eps": round(8 / 255, 6)},
         "summary": summary, "results": results,
         "wall_s": round(time.perf_counter() - t0, 1),

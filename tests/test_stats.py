@@ -393,8 +393,6 @@ def test_parse_record_args_groups(tmp_path):
 def test_cli_compare_groups(tmp_path, capsys):
     from darht import cli
 
-    if "parse_record_args" not in inspect.getsource(cli.cmd_compare):
-        pytest.skip("darht compare is not yet wired to compare_groups")
     paths = [write(tmp_path / f"r{i}.json", make_record(i, n=60)) for i in range(4)]
     out = tmp_path / "cmp.json"
     assert cli.main(["compare", f"a={paths[0]}", f"a={paths[1]}", f"b={paths[2]}", f"b={paths[3]}",
@@ -403,3 +401,30 @@ def test_cli_compare_groups(tmp_path, capsys):
     rec = json.loads(out.read_text())
     assert rec["kind"] == "comparison" and len(rec["pairs"]) == 2 and len(rec["seeds"]) == 1
     assert f"{rec['seeds'][0]['p_value']:.3g}" in printed
+
+
+def test_cli_compare_refuses_mismatched_records_in_one_line(tmp_path, capsys):
+    from darht import cli
+
+    a, b = make_record(0, n=60), make_record(1, n=60)
+    b["eps"] = 0.05
+    pa, pb = write(tmp_path / "a.json", a), write(tmp_path / "b.json", b)
+    out = tmp_path / "cmp.json"
+    assert cli.main(["compare", pa, pb, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("darht: error:") and "eps differs" in err[0]
+    assert not out.exists()
+
+
+def test_cli_compare_mcnemar_equals_binomtest(tmp_path, capsys):
+    from darht import cli
+
+    a, b = make_record(3, n=200), make_record(4, n=200)
+    pa, pb = write(tmp_path / "a.json", a), write(tmp_path / "b.json", b)
+    out = tmp_path / "cmp.json"
+    assert cli.main(["compare", pa, pb, "--attack", "pgd", "--out", str(out)]) == 0
+    ra, rb = np.array(a["examples"]["strict"]["pgd"]), np.array(b["examples"]["strict"]["pgd"])
+    bb, cc = int(((ra == 1) & (rb == 0)).sum()), int(((ra == 0) & (rb == 1)).sum())
+    expected = binomtest(bb, bb + cc, 0.5).pvalue
+    row = json.loads(out.read_text())["pairs"][0]
+    assert row["mcnemar"]["p_value"] == pytest.approx(expected, rel=1e-12)

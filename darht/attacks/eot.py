@@ -1,7 +1,8 @@
 """Expectation over Transformation helpers for randomized models (`randomized = True`).
 
-Gradient-based in-house attacks take `eot=n` (n forward/backward passes, gradients averaged, see
-core.input_grad); pyautoattack's "rand" version does EOT itself. `EOTWrapper` is for the rest:
+Gradient-based in-house attacks take `eot=n` (the gradient of the loss averaged over n draws, see
+core.logits_and_input_grad; one backbone pass for a model with `forward_draws`); pyautoattack's
+"rand" version does EOT itself. `EOTWrapper` is for the rest:
 it turns a randomized model into one whose logits are the mean over `samples` passes, e.g. to
 score predictions or to give a black-box attack (Square) a less noisy oracle.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from darht.attacks.core import draw_logits
 from darht.errors import DarhtError
 
 
@@ -25,5 +27,5 @@ class EOTWrapper(nn.Module):
         self.samples = samples
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.model(x) for _ in range(self.samples)]).mean(0)
+        return draw_logits(self.model, x, self.samples).mean(0)
 
