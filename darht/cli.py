@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from darht.errors import DarhtError
@@ -33,8 +34,8 @@ def parse_eps(text: str) -> float:
             value = float(text)
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"not a number or fraction: '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"eps must be >= 0, got {text}")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"eps must be in [0, 1] (pixel units, e.g. 8/255), got {text}")
     return value
 
 
@@ -84,7 +85,15 @@ def _run_config(args: argparse.Namespace, extra: dict[str, Any]) -> Any:
     for key, value in flags.items():
         if value is not None:
             set_path(raw, key.split("."), value)
-    return make_config(raw, args.overrides)
+    from darht.utils import check_output, resolve_device
+
+    from darht.config import check_run
+
+    cfg = make_config(raw, args.overrides)
+    check_run(cfg)
+    check_output(cfg.out, "dir")
+    resolve_device(cfg.device)
+    return cfg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -143,6 +152,18 @@ def _parse_attack_args(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def check_model_fits(model: Any, data: Any, where: str) -> None:
+    """The model's recorded input shape and class count match the data (before any work)."""
+    spec = getattr(model, "spec", None) or {}
+    c, h, w = data.shape
+    if spec.get("num_classes", data.num_classes) != data.num_classes:
+        raise DarhtError(f"the model has {spec['num_classes']} classes, {where} has {data.num_classes}")
+    want_c, want_h = spec.get("in_chans", c), spec.get("img_size", h)
+    if (want_c, want_h) != (c, h):
+        raise DarhtError(f"the model takes {want_c}x{want_h}x{want_h} images, {where} has {c}x{h}x{w}; "
+                         "evaluate it on the data it was trained on (or resize with --data-arg size=N)")
+
+
 def load_eval_model(args: argparse.Namespace, num_classes: int, in_chans: int, img_size: int):
     from darht.models.io import load_model, read_meta
 
@@ -191,24 +212,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from darht.evaluation.robustness import EvalSpec, evaluate, markdown_table
     from darht.evaluation.sweep import sweep_markdown
     from darht.registry import ATTACKS
-    from darht.utils import git_revision, resolve_device
+    from darht.utils import check_output, git_revision, resolve_device
 
     attacks = [a for a in args.attacks.split(",") if a] if args.attacks is not None else None
     for name in attacks or []:
         ATTACKS.get(name)  # unknown names fail before any loading
+    from darht.attacks.args import check_attack_args_map
+
+    attack_args = _parse_attack_args(args.attack_arg)
+    check_attack_args_map(attack_args)
+    check_output(args.out, "file")
+    device = resolve_device(args.device)
     data = load_dataset(args.data, args.split, args.root, **parse_data_args(args.data_arg))
     c, h, _ = data.shape
     model, meta = load_eval_model(args, data.num_classes, c, h)
-    if getattr(model, "spec", {}).get("num_classes", data.num_classes) != data.num_classes:
-        raise DarhtError(f"the model has {model.spec['num_classes']} classes, {args.data} has {data.num_classes}")
+    check_model_fits(model, data, f"{args.data}/{args.split}")
     if args.mode in ("mc", "deterministic"):
         _set_mc_mode(model, args.mode == "mc")
     spec = EvalSpec(attacks=attacks, eps=args.eps, n=args.n, trials=args.trials, seed=args.seed,
-                    batch_size=args.batch_size, attack_args=_parse_attack_args(args.attack_arg),
+                    batch_size=args.batch_size, attack_args=attack_args,
                     eot=args.eot, draws=args.draws, eot_sweep=args.eot_sweep or [],
                     faces=args.mode is None, progress=not args.no_progress)
     torch.manual_seed(args.seed)
-    device = resolve_device(args.device)
     x = data.float_x()
     record = evaluate(model, x, data.y, spec, device)
     record = {"kind": "evaluation", "model": meta, "data": {"name": args.data, "split": args.split,
@@ -234,6 +259,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from darht.evaluation.stats import compare_groups, comparison_markdown, parse_record_args
 
+    from darht.utils import check_output
+
+    check_output(args.out, "file")
     groups = parse_record_args(args.records)
     result = compare_groups(groups, [args.attack] if args.attack else None)
     print(comparison_markdown(result))
@@ -252,6 +280,9 @@ def cmd_data(args: argparse.Namespace) -> int:
                 v = ", ".join(map(str, v[:12])) + f", ... ({len(v)} in all)"
             print(f"{k}: {v}")
         return 0
+    from darht.utils import check_output
+
+    check_output(args.root, "dir", "--root")
     path = download(args.name, args.root, url=args.url, sha256=args.sha256)
     print(f"{args.name} is in {path}")
     return 0
@@ -337,13 +368,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_paths(argv: list[str]) -> list[str]:
+    """Every argument that could name a file: values of flags and positionals, `KEY=PATH` halves."""
+    out = []
+    for a in argv:
+        out.append(a)
+        if "=" in a:
+            out.append(a.split("=", 1)[1])
+    return [a for a in out if a and not a.startswith("-")]
+
+
+def _is_user_path(filename: Any, argv: list[str]) -> bool:
+    """True if an OSError's file is one the user named, or lies below one (a run directory)."""
+    if not filename:
+        return False
+    f = Path(str(filename)).absolute()
+    for a in _user_paths(argv):
+        p = Path(a).absolute()
+        if f == p or p in f.parents:
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The one error path: DarhtError (and OSError on a path the user gave) -> one line, exit 2;
+    Ctrl-C -> exit 130; any other exception is a bug and keeps its traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
     except DarhtError as e:
         print(f"darht: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if not _is_user_path(e.filename, argv) and not _is_user_path(e.filename2, argv):
+            raise
+        print(f"darht: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("darht: interrupted", file=sys.stderr)

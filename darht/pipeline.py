@@ -19,6 +19,8 @@ import torch
 
 from darht.config import DataConfig, _build, load_yaml, make_config
 from darht.errors import DarhtError
+from darht.attacks.args import check_attack_args, check_attack_args_map
+from darht.registry import ATTACKS
 from darht.utils import atomic_write_json, git_revision, resolve_device
 
 
@@ -61,16 +63,54 @@ class Pipeline:
 
     def check(self) -> None:
         """Build every stage's config before any work, so a typo fails in a second, not in hour two."""
+        from darht.config import check_run
+
         for name, spec in self.cfg.teachers.items():
             if "checkpoint" not in spec:
-                self._train_cfg(spec, self.out / "teachers" / name, [], None)
+                check_run(self._train_cfg(spec, self.out / "teachers" / name, [], None))
         for name, spec in self.cfg.students.items():
             teachers = [self.teacher_path(t) for t in spec.get("teachers", [])]
             if not teachers:
                 raise DarhtError(f"student '{name}' names no teachers")
             natural = spec.get("teacher_natural")
-            self._train_cfg(spec, self.out / "students" / name, teachers, self.teacher_path(natural) if natural else None)
-        self.eval_spec()
+            check_run(self._train_cfg(spec, self.out / "students" / name, teachers,
+                                      self.teacher_path(natural) if natural else None))
+        for name, spec in self.cfg.teachers.items():
+            if "checkpoint" in spec and not Path(spec["checkpoint"]).exists() and "=" not in spec["checkpoint"]:
+                raise DarhtError(f"teacher '{name}': checkpoint not found: {spec['checkpoint']}")
+        spec = self.eval_spec()
+        for attack in (spec.attacks or []) + (spec.eot_sweep_attacks or []):
+            ATTACKS.get(attack)
+        check_attack_args_map(spec.attack_args, "evaluation.attack_args")
+        unknown = sorted(set(spec.attack_args) - set(spec.attacks or ATTACKS.names()))
+        if unknown:
+            raise DarhtError(f"evaluation.attack_args names attack(s) not evaluated: {', '.join(unknown)}")
+        split = self.cfg.evaluation.get("split", "test")
+        if split != "test":
+            raise DarhtError(f"evaluation.split must be 'test' (pipelines evaluate on the test split), got '{split}'")
+        self.transfer_settings()
+
+    def transfer_settings(self) -> dict | None:
+        """The transfer stage's settings, checked: {attack, eps, n, attack_args, draws}."""
+        if self.cfg.transfer is None:
+            return None
+        t = dict(self.cfg.transfer)
+        known = {"attack", "eps", "n", "attack_args", "draws"}
+        bad = sorted(set(t) - known)
+        if bad:
+            raise DarhtError(f"config: unknown key '{bad[0]}' in 'transfer'; known: {', '.join(sorted(known))}")
+        ATTACKS.get(t.get("attack", "pgd"))
+        check_attack_args(t.get("attack", "pgd"), t.get("attack_args") or {})
+        eps = t.get("eps", 8 / 255)
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 <= eps <= 1:
+            raise DarhtError(f"config: transfer.eps must be a number in [0, 1], got {eps!r}")
+        for key in ("n", "draws"):
+            v = t.get(key, 1)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise DarhtError(f"config: transfer.{key} must be an integer >= 1, got {v!r}")
+        if not isinstance(t.get("attack_args") or {}, dict):
+            raise DarhtError("config: transfer.attack_args must be a mapping")
+        return t
 
     def eval_spec(self):
         from darht.evaluation.robustness import EvalSpec

@@ -11,23 +11,30 @@ from darht.errors import DarhtError
 def cmd_transfer(args: argparse.Namespace) -> int:
     import torch
 
-    from darht.cli import parse_data_args, write_record
+    from darht.cli import check_model_fits, parse_data_args, write_record
     from darht.data import load_dataset
     from darht.evaluation.transfer import select_teachers, student_transfer, transfer_matrix
     from darht.methods.teachers import load_attackable
     from darht.models.io import load_model
+    from darht.registry import ATTACKS
     from darht.report.tables import transfer_markdown
-    from darht.utils import resolve_device
+    from darht.utils import check_output, resolve_device
 
-    data = load_dataset(args.data, args.split, args.root, **parse_data_args(args.data_arg))
-    c, h, _ = data.shape
+    ATTACKS.get(args.attack)
+    check_output(args.out, "file")
     device = resolve_device(args.device)
-    x, y = data.float_x().to(device), data.y.to(device)
-    kw = {"attack": args.attack, "eps": args.eps, "n": args.n, "batch_size": args.batch_size, "seed": args.seed,
-          "draws": args.draws}
     names = args.candidates if args.select else args.teacher
     if not names:
         raise DarhtError("transfer needs --teacher T (repeatable) with --student S, or --select J CANDIDATE...")
+    if args.select and not 1 <= args.select <= len(names):
+        raise DarhtError(f"--select {args.select}: choose between 1 and {len(names)} of the candidates")
+    if not args.select and not args.student:
+        raise DarhtError("transfer needs --student with --teacher (or use --select)")
+    data = load_dataset(args.data, args.split, args.root, **parse_data_args(args.data_arg))
+    c, h, _ = data.shape
+    x, y = data.float_x().to(device), data.y.to(device)
+    kw = {"attack": args.attack, "eps": args.eps, "n": args.n, "batch_size": args.batch_size, "seed": args.seed,
+          "draws": args.draws}
     models = {n: load_attackable(n, num_classes=data.num_classes, in_chans=c, img_size=h).to(device) for n in names}
     torch.manual_seed(args.seed)
     rec: dict[str, Any] = {"kind": "transfer", "data": args.data, **{k: v for k, v in kw.items() if k != "batch_size"}}
@@ -40,6 +47,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         if not args.student:
             raise DarhtError("transfer needs --student with --teacher (or use --select)")
         student = load_model(args.student).to(device).eval()
+        check_model_fits(student, data, f"{args.data}/{args.split}")
         rec["students"] = {args.student: student_transfer(student, models, x, y, **kw)}
         if len(models) >= 2:
             rec["teacher_matrix"] = transfer_matrix(models, x, y, **kw)
@@ -54,8 +62,12 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from darht.report.build import write_report
 
+    if not Path(args.run_dir).is_dir():
+        raise DarhtError(f"run directory not found: {args.run_dir}")
     path = write_report(args.run_dir)
     print(path.read_text())
     print(f"report written to {path}")
@@ -64,8 +76,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from darht.pipeline import Pipeline, load_pipeline
+    from darht.utils import check_output
 
     cfg = load_pipeline(args.config, args.overrides)
+    check_output(cfg.out, "dir")
     if args.no_progress:
         cfg.progress = False
     report = Pipeline(cfg).run()

@@ -13,6 +13,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from darht.errors import DarhtError
+
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)`, then rename over `path`: a crash never leaves a half-written file."""
@@ -22,6 +24,8 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:  # on disk before the rename: a power cut leaves old or new, not empty
+            os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
@@ -45,13 +49,51 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps' -> a device that exists here (DarhtError otherwise)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise DarhtError(f"unknown device '{name}'; choose from: auto, cpu, cuda, cuda:N, mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DarhtError(f"device '{name}': CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DarhtError(f"device '{name}': this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise DarhtError(f"device '{name}': MPS is not available on this machine; use --device cpu")
+    elif device.type != "cpu":
+        raise DarhtError(f"unsupported device '{name}'; choose from: auto, cpu, cuda, cuda:N, mps")
+    return device
+
+
+def check_output(path: str | Path | None, kind: str = "file", what: str = "--out") -> None:
+    """Before any work: `path` can be written as a `kind` ('file' or 'dir').
+
+    Refuses a file path that is a directory (or a dir path that is a file), a path below an
+    existing file, and a first existing ancestor that is not a writable directory. Creates nothing.
+    """
+    if path is None or path == "":
+        return
+    p = Path(path)
+    if kind == "file" and p.is_dir():
+        raise DarhtError(f"{what} {p} is a directory; give a file name")
+    if kind == "dir" and p.exists() and not p.is_dir():
+        raise DarhtError(f"{what} {p} is an existing file; give a directory")
+    parent = p if kind == "dir" else p.parent
+    anc = parent.absolute()
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise DarhtError(f"{what} {p}: {anc} is a file, not a directory")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise DarhtError(f"{what} {p}: {anc} is not writable")
 
 
 def git_revision() -> str | None:

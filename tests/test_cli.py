@@ -73,7 +73,7 @@ def test_bad_data_gives_one_line_and_exit_2(tmp_path, capsys, case):
     (["evaluate", "--model", "small-cnn", "--data", "synthetic", "--attacks", "no-such-attack", "--no-progress"],
      "unknown attack"),
     (["compare", "/nonexistent/a.json", "/nonexistent/b.json"], "not found"),
-    (["report", "/nonexistent/run"], "records"),
+    (["report", "/nonexistent/run"], "not found"),
     (["run", "/nonexistent/config.yaml"], "not found"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(argv, words, capsys, tmp_path):

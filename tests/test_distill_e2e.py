@@ -33,10 +33,20 @@ def _distill(out, epochs, teachers, resume=False):
     return main(argv + (["--resume"] if resume else []))
 
 
-def test_distill_resumes_bit_identically_and_is_evaluated(teachers, tmp_path, capsys):
+def test_distill_resumes_bit_identically_and_is_evaluated(teachers, tmp_path, capsys, monkeypatch):
+    from darht.engine import checkpoint as ckpt
+
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert _distill(straight, 2, teachers) == 0
-    assert _distill(split, 1, teachers) == 0
+    real_save = ckpt.save_checkpoint
+
+    def ctrl_c_after_epoch_1(path, state):  # the split run is stopped right after its first checkpoint
+        real_save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", ctrl_c_after_epoch_1)
+    assert _distill(split, 2, teachers) == 130
+    monkeypatch.undo()
     assert _distill(split, 2, teachers, resume=True) == 0
     a, b = load_file(straight / "last.safetensors"), load_file(split / "last.safetensors")
     assert a.keys() == b.keys()

@@ -183,7 +183,8 @@ def test_pgd_at_learns_and_writes_a_run(tmp_path):
         train(cfg)
     # model.weights: a new run starts from the exported best weights (lr 0: parameters stay put)
     cont = cfg_for(tmp_path / "cont", epochs=1, method="standard", method_args={},
-                   model={"weights": str(run)}, optim={"lr": 0.0})
+                   model={"weights": str(run)})
+    cont.optim.lr = 0.0  # a config may not say lr 0 (optim.lr > 0): set on the built config
     train(cont)
     after = load_model(tmp_path / "cont" / "last.safetensors")
     for name, p in after.named_parameters():

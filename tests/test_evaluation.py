@@ -185,3 +185,32 @@ def test_mode_flag_refuses_models_without_mc_head(trained, capsys):
     assert main(["evaluate", "--checkpoint", str(path) + ".safetensors", "--data", "synthetic",
                  "--attacks", "", "--no-progress"]) == 2
     assert "4 classes" in capsys.readouterr().err
+
+
+def test_a_model_returning_probabilities_is_flagged(trained):
+    model, _ = trained
+
+    class Probabilities(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x):
+            return self.net(x).softmax(1)
+
+    data = load_dataset("synthetic", "test", **SYN)
+    spec = EvalSpec(attacks=["fgsm"], eps=0.05, n=32, batch_size=32, progress=False)
+    rec = evaluate(Probabilities(), data.float_x(), data.y, spec, torch.device("cpu"))
+    assert any("probabilities" in c for c in rec["checks"])
+    rec = evaluate(model, data.float_x(), data.y, spec, torch.device("cpu"))
+    assert not any("probabilities" in c for c in rec["checks"])
+
+
+def test_validation_with_an_autoattack_attack_uses_its_iterations(trained):
+    from darht.engine.trainer import validate
+
+    model, _ = trained
+    data = load_dataset("synthetic", "test", **SYN)
+    clean, robust, n = validate(model, data.float_x()[:16], data.y[:16], "apgd-ce", eps=0.05, steps=3,
+                                batch_size=16, device=torch.device("cpu"))
+    assert n == 16 and 0 <= robust <= clean <= 16

@@ -7,7 +7,6 @@ synthetic per-example arrays.
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import math
 

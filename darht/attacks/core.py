@@ -206,8 +206,8 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor | None, eps: float, steps: int
         raise DarhtError("attack input must lie in [0, 1] (normalization belongs inside the model)")
     if y is not None and (y.ndim != 1 or y.shape[0] != x.shape[0]):
         raise DarhtError(f"labels must have shape [{x.shape[0]}], got {list(y.shape)}")
-    if not eps >= 0:
-        raise DarhtError(f"eps must be >= 0, got {eps}")
+    if not 0 <= eps <= 1:
+        raise DarhtError(f"eps must be in [0, 1] (pixel units), got {eps}")
     if steps is not None and steps < 0:
         raise DarhtError(f"steps must be >= 0, got {steps}")
 

@@ -72,8 +72,10 @@ def download(name: str, root: str | Path | None = None, url: str | None = None,
     if target.exists():
         print(f"darht: {name} already present in {target}", file=sys.stderr)
         return target
+    created = [d for d in (root, *root.parents) if not d.exists()]  # removed again if this fails
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{src.folder}.download-"))
+    ok = False
     try:
         if src.archive:
             u, algo, digest = src.files[0]
@@ -94,8 +96,15 @@ def download(name: str, root: str | Path | None = None, url: str | None = None,
                 src_url = urllib.parse.urljoin(url.rstrip("/") + "/", fname) if url else u
                 fetch(src_url, staged / fname, None if url else (algo, digest))
             os.rename(staged, target)
+        ok = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not ok:
+            for d in created:  # innermost first; only directories this call made and left empty
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
     print(f"darht: installed {name} in {target}", file=sys.stderr)
     return target
 

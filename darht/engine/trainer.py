@@ -8,19 +8,25 @@ the method's name.
 Run directory (`cfg.out`): config.yaml, metrics.jsonl (one line per epoch), last.pt (full
 training state, `torch.load(weights_only=True)`-safe), last/best.{safetensors,json} (weights for
 `darht evaluate` / `load_model(run_dir)`; best = highest validation robust accuracy, ties ->
-clean accuracy).
+clean accuracy), .lock (held by the one process writing the directory; see darht.engine.lock).
+
+Fail fast, lose nothing: last.pt is the commit point (written last, atomically), so a run killed at
+any moment (SIGKILL, Ctrl-C, a full disk) continues with `--resume` to the very same weights and
+records as an uninterrupted run. `--resume` refuses a config that differs from the checkpoint's in
+anything that can change the math.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import sys
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -28,6 +34,7 @@ from torch import nn
 from darht.config import TrainConfig, dump_yaml, to_dict
 from darht.engine import checkpoint as ckpt
 from darht.engine import distributed as ddp
+from darht.engine.lock import RunLock
 from darht.engine.schedules import LRSchedule
 from darht.errors import DarhtError
 from darht.utils import git_revision, resolve_device, seed_everything
@@ -44,19 +51,112 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     With `resume`, continue from `cfg.out`/last.pt (bit-identical to an uninterrupted run on CPU).
     Under torchrun (WORLD_SIZE > 1) every rank runs this; only rank 0 writes files and returns
     the summary (other ranks return {}, so a CLI prints it once).
+
+    Only one process may write a run directory: rank 0 holds `cfg.out`/.lock for the whole run,
+    and a second process is refused at once. Ctrl-C says which checkpoint is left, then re-raises.
     """
     _check_config(cfg)
     info, device = ddp.init_distributed(resolve_device(cfg.device))
+    run = _Run(cfg, info, device)
     ok = False
     try:
-        summary = _Run(cfg, info, device).run(resume)
+        with _run_lock(run.run_dir, info):
+            summary = run.run(resume)
         ok = True
         return summary if info.is_main else {}
+    except KeyboardInterrupt:
+        log(f"interrupted: {run.committed_text()}", info)
+        raise
     finally:
         if ok:
             ddp.cleanup(info)
         elif info.owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # no barrier: other ranks may be gone
+
+
+@contextmanager
+def _run_lock(run_dir: Path, info: ddp.DistInfo) -> Iterator[None]:
+    """Rank 0 locks the run directory (creating it); every rank learns whether that worked, so a
+    refused start ends all ranks at once instead of leaving them waiting in a collective."""
+    lock, err = None, None
+    if info.is_main:
+        lock = RunLock(run_dir)
+        try:
+            lock.acquire()
+        except DarhtError as e:
+            err = str(e)
+    if info.enabled:
+        err = ddp.broadcast_object(err, info)
+    if err is not None:
+        raise DarhtError(err)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+# Keys that cannot change what is computed: they may differ between a run and its --resume.
+RESUME_SILENT_KEYS = frozenset({"progress", "device", "workers", "out"})
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """'key old -> new' for every dotted key whose value differs (apart from RESUME_SILENT_KEYS),
+    in the config's order; a key missing on one side shows as (unset), except a key the
+    checkpoint predates that is still at its default."""
+    a, b = _flatten(old), _flatten(new)
+    defaults = _flatten(to_dict(TrainConfig()))
+    keys = list(b) + [k for k in a if k not in b]
+    out = []
+    for k in keys:
+        if k in RESUME_SILENT_KEYS:
+            continue
+        va, vb = a.get(k, _UNSET), b.get(k, _UNSET)
+        if va is _UNSET and k in defaults and _same(defaults[k], vb):
+            continue  # a field added since the checkpoint was written, left at its default
+        if not _same(va, vb):
+            out.append(f"{k} {_show(va)} -> {_show(vb)}")
+    return out
+
+
+_UNSET = object()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = _plain(v)
+    return out
+
+
+def _plain(v: Any) -> Any:
+    """Tuples and lists alike (a checkpoint stores lists)."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is _UNSET or b is _UNSET:
+        return a is b
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def _show(v: Any) -> str:
+    if v is _UNSET:
+        return "(unset)"
+    if isinstance(v, str) and v and v.isprintable() and v.strip() == v:
+        return v
+    try:
+        return json.dumps(v)
+    except (TypeError, ValueError):
+        return repr(v)
 
 
 def _check_config(cfg: TrainConfig) -> None:
@@ -73,11 +173,50 @@ class _Run:
         self.run_dir = Path(cfg.out)
         self.best: dict = {"epoch": 0, "val_robust": None, "val_clean": None}
         self.writer = None
+        self.committed: int | None = None  # epoch of the last.pt on disk, once known
+
+    # ---- what is left (for Ctrl-C and a full disk) --------------------------------------------------
+    def committed_text(self) -> str:
+        path = self.run_dir / ckpt.LAST
+        if self.committed is not None:
+            return f"the last good checkpoint is epoch {self.committed} in {path}; continue with --resume"
+        if path.is_file():  # stopped before it was read
+            return f"the last good checkpoint is in {path}; continue with --resume"
+        return "no checkpoint was written yet"
+
+    @contextmanager
+    def _writing(self, path: Path) -> Iterator[None]:
+        """A full disk while writing `path` is the user's problem to fix: say what is intact."""
+        try:
+            yield
+        except Exception as e:
+            if not ckpt.is_disk_full(e):
+                raise
+            last = self.run_dir / ckpt.LAST
+            if self.committed is not None:
+                kept = f"the last good checkpoint (epoch {self.committed}) is intact in {last}"
+            elif last.is_file():
+                kept = f"the last good checkpoint is intact in {last}"
+            else:
+                kept = "no checkpoint was written yet"
+            raise DarhtError(f"disk full while writing {path}; {kept}") from None
 
     # ---- set-up ----------------------------------------------------------------------------------
     def run(self, resume: bool) -> dict:
+        try:
+            return self._run(resume)
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
+
+    def _run(self, resume: bool) -> dict:
         cfg, info = self.cfg, self.info
         state = self._find_checkpoint(resume)
+        if info.is_main:  # we hold the lock: temporaries of atomic writes are leftovers of a killed run
+            ckpt.remove_stale_temporaries(self.run_dir)
+        if state is not None:
+            self._check_resume_config(state)
         if state is not None and state["epoch"] >= cfg.epochs:
             log(f"run {self.run_dir} already finished ({state['epoch']} of {cfg.epochs} epochs)", info)
             self.best = state.get("best", self.best)
@@ -94,14 +233,15 @@ class _Run:
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if state is None:  # a fresh start: drop records a crashed attempt left before any last.pt
-                ckpt.truncate_metrics(self.run_dir, 0)
-            dump_yaml(cfg, self.run_dir / "config.yaml")
-            self.writer = _tensorboard(self.run_dir)
+                with self._writing(self.run_dir / ckpt.METRICS):
+                    ckpt.truncate_metrics(self.run_dir, 0)
+            with self._writing(self.run_dir / "config.yaml"):
+                dump_yaml(cfg, self.run_dir / "config.yaml")
+            with self._writing(self.run_dir / "tb"):
+                self.writer = _tensorboard(self.run_dir)
         for epoch in range(start, cfg.epochs):
             self._epoch(epoch)
         ddp.barrier(info)
-        if self.writer is not None:
-            self.writer.close()
         return self._summary(cfg.epochs)
 
     def _find_checkpoint(self, resume: bool) -> dict | None:
@@ -113,7 +253,22 @@ class _Run:
         if not path.exists():
             log(f"no checkpoint in {self.run_dir}: starting a fresh run", self.info)
             return None
-        return ckpt.load_checkpoint(path)
+        state = ckpt.load_checkpoint(path)
+        self.committed = int(state["epoch"])
+        return state
+
+    def _check_resume_config(self, state: dict) -> None:
+        """Resume means resume: the rest of the run must be what the checkpoint's run would have
+        done. Any difference that can change the math is refused (before any data is loaded)."""
+        old = state.get("config")
+        if not isinstance(old, dict):
+            log(f"note: {self.run_dir / ckpt.LAST} records no config; cannot check that --resume "
+                "continues the same run", self.info)
+            return
+        diffs = config_differences(old, to_dict(self.cfg))
+        if diffs:
+            raise DarhtError(f"--resume: the config differs from the checkpoint's: {', '.join(diffs)}; "
+                             "undo the change or start a new run directory")
 
     def _setup_data(self) -> None:
         from darht.data.base import load_dataset, split_train_val
@@ -180,7 +335,11 @@ class _Run:
         self.method.load_state_dict(state.get("method") or {})
         self.best = state.get("best", self.best)
         if self.info.is_main:
-            ckpt.truncate_metrics(self.run_dir, state["epoch"])
+            with self._writing(self.run_dir / ckpt.METRICS):
+                torn = ckpt.truncate_metrics(self.run_dir, state["epoch"])
+            if torn:
+                log(f"note: dropped {torn} unreadable line(s) of {self.run_dir / ckpt.METRICS} "
+                    "(torn by a crash mid-write)", self.info)
         log(f"resuming {self.run_dir} after epoch {state['epoch']}", self.info)
         return int(state["epoch"])
 
@@ -309,17 +468,20 @@ class _Run:
         last; a resume drops metrics lines after last.pt's epoch."""
         from darht.models.io import save_model
 
-        cfg = self.cfg
-        ckpt.append_metrics(self.run_dir, record)
+        cfg, d = self.cfg, self.run_dir
+        with self._writing(d / ckpt.METRICS):
+            ckpt.append_metrics(d, record)
         if self.writer is not None:
             for k, v in record.items():
                 if k != "epoch" and isinstance(v, (int, float)):
                     self.writer.add_scalar(k, v, epoch)
         meta = {"method": cfg.method, "epoch": epoch, "data": cfg.data.name,
                 "val_clean": record.get("val_clean"), "val_robust": record.get("val_robust")}
-        save_model(self.model, self.run_dir / "last", meta=meta)
+        with self._writing(d / "last.safetensors"):
+            save_model(self.model, d / "last", meta=meta)
         if improved:
-            save_model(self.model, self.run_dir / "best", meta=meta)
+            with self._writing(d / "best.safetensors"):
+                save_model(self.model, d / "best", meta=meta)
         state = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
@@ -327,7 +489,9 @@ class _Run:
             "epoch": epoch, "epochs": cfg.epochs, "method": self.method.state_dict(),
             "rng": rngs, "config": to_dict(cfg), "git": self.git, "best": dict(self.best),
         }
-        ckpt.save_checkpoint(self.run_dir / ckpt.LAST, ckpt.to_cpu(state))
+        with self._writing(d / ckpt.LAST):
+            ckpt.save_checkpoint(d / ckpt.LAST, ckpt.to_cpu(state))
+        self.committed = epoch
 
     def _summary(self, epochs_done: int) -> dict:
         d = self.run_dir
@@ -362,8 +526,12 @@ def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, *,
 
     fn = ATTACKS.get(attack)
     params = inspect.signature(fn).parameters
-    takes_steps = "steps" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-    kw = {"steps": steps} if takes_steps else {}
+    if "steps" in params:
+        kw = {"steps": steps}
+    elif attack.startswith(("apgd", "fab")) and steps > 0:  # pyautoattack: iterations are `n_iter`
+        kw = {"n_iter": steps}
+    else:
+        kw = {}
     was_training = model.training
     model.eval()
     clean = robust = 0.0

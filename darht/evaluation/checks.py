@@ -4,7 +4,8 @@
 - zero input gradients on many examples point to gradient masking;
 - a black-box attack (Square) beating every white-box attack points to gradient masking;
 - our verdict above pyautoattack's own one on an ensemble means a number may be too high;
-- overlapping trials are not independent samples.
+- overlapping trials are not independent samples;
+- a forward that returns probabilities instead of logits weakens the attacks.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ def zero_gradient_fraction(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
     return (g.flatten(1).abs().sum(1) == 0).float().mean().item()
 
 
+@torch.no_grad()
+def outputs_probabilities(model: nn.Module, x: torch.Tensor) -> bool:
+    """AutoAttack's `check_range_output` idea: rows that are non-negative and sum to 1."""
+    with fp32(x):
+        z = model(x).float()
+    return bool((z >= 0).all() and torch.allclose(z.sum(1), torch.ones(len(z), device=z.device), atol=1e-4))
+
+
 def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, record: dict,
                   device: torch.device, *, res) -> list[str]:
     """`record`: an evaluation record (summary, trials_disjoint, ...); `res`: its Resolved settings."""
@@ -40,6 +49,9 @@ def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, record: di
                          "draws, so robust accuracy may be too high; use the default EOT 20.")
         if res.draws <= 1:
             notes.append("randomized model judged on 1 draw per example: robust accuracy is a noisy estimate.")
+    if len(x) and outputs_probabilities(model, x):
+        notes.append("the model's outputs are probabilities (non-negative rows summing to 1), not logits: "
+                     "cross-entropy and margin attacks on them are weakened; return logits from forward().")
     if len(x):
         frac = zero_gradient_fraction(model, x, y)
         if frac > 0:

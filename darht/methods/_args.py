@@ -10,12 +10,17 @@ accepts, and the error for a typo can name it:
         self.steps = number(self, "steps", steps, integer=True)
 
 Every problem raises DarhtError with one line naming the method.
+
+`check_method_args(cls, args)` checks a config's `method_args` against that signature (names, and
+types from the annotations or the defaults) without constructing the method, so a trainer can
+refuse a typo before it loads data or teachers.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import typing
 from typing import Any, Iterable, Mapping
 
 from darht.errors import DarhtError
@@ -51,6 +56,54 @@ def check_args(method: Any, unknown: Mapping[str, Any], accepted: Iterable[str] 
     bad = ", ".join(sorted(map(str, unknown)))
     raise DarhtError(f"method '{_name(method)}': unknown argument(s) {bad}; "
                      f"accepted: {', '.join(names) or '(none)'}")
+
+
+def _type_of_default(default: Any) -> Any:
+    """The type a default implies: bool, int, float or str; anything for None or no default."""
+    if isinstance(default, bool):
+        return bool
+    if type(default) in (int, float, str):
+        return type(default)
+    return Any
+
+
+def method_arg_types(method: Any) -> dict[str, Any]:
+    """name -> expected type of each keyword argument a method class declares in `__init__`:
+    its annotation (`int | str`, `float | None`, ...), or else the type its default implies
+    (int, float, bool, str; a None default accepts anything)."""
+    cls = method if isinstance(method, type) else type(method)
+    init = cls.__init__
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # an annotation that does not resolve: fall back on the defaults
+        hints = {}
+    params = inspect.signature(init).parameters
+    return {name: hints.get(name, _type_of_default(params[name].default)) for name in accepted_args(cls)}
+
+
+def check_method_args(method_cls: Any, args: Mapping[str, Any] | None) -> None:
+    """DarhtError (one line naming the method and the argument) unless every entry of `args`
+    (a config's method_args) is an argument `method_cls` declares, of the declared type.
+
+    Does not construct the method: value checks that need it (ranges, choices, teachers) stay
+    in `__init__`. Numbers may be numeric strings such as "8/255", as `number` accepts them.
+    `method_cls` may also be a registered name.
+    """
+    from darht.config import coerce
+
+    if isinstance(method_cls, str):
+        from darht.registry import METHODS
+
+        method_cls = METHODS.get(method_cls)
+    name = _name(method_cls)
+    if args is None:
+        return
+    if not isinstance(args, Mapping):
+        raise DarhtError(f"method '{name}': method_args must be a mapping of argument: value, got {args!r}")
+    types = method_arg_types(method_cls)
+    check_args(method_cls, {k: v for k, v in args.items() if k not in types}, accepted=types)
+    for arg, value in args.items():
+        coerce(types[arg], value, f"method_args.{arg}", where=f"method '{name}'")
 
 
 def check_no_teachers(method: Any, teachers: list | None) -> None:

@@ -17,8 +17,12 @@ def write_report(run_dir: str | Path) -> Path:
     if not records_dir.is_dir():
         raise DarhtError(f"{run}: no records/ directory (run `darht run` or put evaluation records there)")
     out = run / "report"
+    records = tables.load_records(records_dir)  # every record is read (and checked) before any write
+    transfer_path = records_dir / "transfer.json"
+    transfer = _read_json(transfer_path) if transfer_path.is_file() else None
+    if transfer is not None and not (isinstance(transfer, dict) and transfer.get("kind") == "transfer"):
+        raise DarhtError(f"{transfer_path}: not a darht transfer record")
     out.mkdir(parents=True, exist_ok=True)
-    records = tables.load_records(records_dir)
     table = tables.rows(records)
     md = [f"# darht report: {run.name}", ""]
     if table:
@@ -42,8 +46,6 @@ def write_report(run_dir: str | Path) -> Path:
         checks = [(n, c) for n, r in records.items() for c in r.get("checks", [])]
         if checks:
             md += ["Sanity checks:", ""] + [f"- {n}: {c}" for n, c in checks] + [""]
-    transfer_path = records_dir / "transfer.json"
-    transfer = json.loads(transfer_path.read_text()) if transfer_path.is_file() else None
     if transfer:
         md += ["## Transferability", "", tables.transfer_markdown(transfer), ""]
         if transfer.get("teacher_matrix") and plots.transfer_heatmap(transfer["teacher_matrix"], out / "transfer.png"):
@@ -65,6 +67,13 @@ def write_report(run_dir: str | Path) -> Path:
     return out / "report.md"
 
 
+def _read_json(p: Path):
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise DarhtError(f"{p}: not valid UTF-8 JSON") from None
+
+
 def _fmt_pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
@@ -76,7 +85,7 @@ def _run_rows(run: Path, runs: dict[str, list[dict]]) -> list[str]:
         best = run / kind / name / "best.json"
         if not best.is_file():
             continue
-        info = json.loads(best.read_text())
+        info = _read_json(best)
         meta, spec = info.get("meta", {}), info.get("spec", {})
         arch = spec.get("name", "?")
         if arch == "darht-student":

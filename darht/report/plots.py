@@ -3,7 +3,6 @@ W-Robust distributions over trials (Fig. 5) and the transferability heatmap."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -11,13 +10,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from darht.utils import atomic_write
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    p = Path(run_dir) / "metrics.jsonl"
-    if not p.is_file():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    """metrics.jsonl's records (a torn last line, from a crash mid-append, is skipped)."""
+    from darht.engine.checkpoint import read_metrics as read
+
+    return read(run_dir)
 
 
 def epoch_curves(runs: dict[str, list[dict]], path: str | Path) -> Path | None:
@@ -39,7 +39,7 @@ def epoch_curves(runs: dict[str, list[dict]], path: str | Path) -> Path | None:
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return Path(path)
 
@@ -57,7 +57,7 @@ def w_robust_distributions(records: dict[str, dict], path: str | Path) -> Path |
         ax.set_xticks(range(1, len(names) + 1), names, rotation=30, fontsize=8)
         ax.set(title=f"W-Robust over trials: {attack}", ylabel="%")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return Path(path)
 
@@ -78,6 +78,6 @@ def transfer_heatmap(matrix_record: dict, path: str | Path) -> Path | None:
     ax.set(title="transfer rate (%): crafted on row, evaluated on column")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return Path(path)

@@ -11,17 +11,30 @@ from darht.errors import DarhtError
 
 
 def load_records(directory: str | Path) -> dict[str, dict]:
-    """name -> evaluation record for every `*.json` evaluation record in `directory`."""
+    """name -> evaluation record for every `*.json` evaluation record in `directory`.
+
+    A file that cannot be read as a record gives one line naming it (a directory named *.json,
+    non-UTF-8 bytes, invalid JSON, an evaluation record without the fields tables need).
+    """
     d = Path(directory)
     if not d.is_dir():
         raise DarhtError(f"no records directory: {d}")
     out = {}
     for p in sorted(d.glob("*.json")):
+        if not p.is_file():
+            raise DarhtError(f"{p}: is a directory, not a record")
         try:
-            rec = json.loads(p.read_text())
+            rec = json.loads(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise DarhtError(f"{p}: not a UTF-8 text file") from None
         except json.JSONDecodeError:
             raise DarhtError(f"{p}: not valid JSON") from None
         if isinstance(rec, dict) and rec.get("kind") == "evaluation":
+            s = rec.get("summary")
+            if not (isinstance(s, dict) and isinstance(s.get("robust"), dict) and isinstance(s.get("clean"), dict)
+                    and isinstance(s.get("w_robust"), dict) and isinstance(rec.get("data"), dict)
+                    and "eps" in rec):
+                raise DarhtError(f"{p}: an evaluation record without summary/data/eps; re-run darht evaluate")
             out[p.stem] = rec
     return out
 
