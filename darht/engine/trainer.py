@@ -18,8 +18,6 @@ anything that can change the math.
 
 from __future__ import annotations
 
-import inspect
-import json
 import math
 import sys
 import time
@@ -33,6 +31,8 @@ from torch import nn
 
 from darht.config import TrainConfig, dump_yaml, to_dict
 from darht.engine import checkpoint as ckpt
+from darht.engine.resume import config_differences
+from darht.engine.validate import is_better, validate
 from darht.engine import distributed as ddp
 from darht.engine.lock import RunLock
 from darht.engine.schedules import LRSchedule
@@ -94,69 +94,6 @@ def _run_lock(run_dir: Path, info: ddp.DistInfo) -> Iterator[None]:
     finally:
         if lock is not None:
             lock.release()
-
-
-# Keys that cannot change what is computed: they may differ between a run and its --resume.
-RESUME_SILENT_KEYS = frozenset({"progress", "device", "workers", "out"})
-
-
-def config_differences(old: dict, new: dict) -> list[str]:
-    """'key old -> new' for every dotted key whose value differs (apart from RESUME_SILENT_KEYS),
-    in the config's order; a key missing on one side shows as (unset), except a key the
-    checkpoint predates that is still at its default."""
-    a, b = _flatten(old), _flatten(new)
-    defaults = _flatten(to_dict(TrainConfig()))
-    keys = list(b) + [k for k in a if k not in b]
-    out = []
-    for k in keys:
-        if k in RESUME_SILENT_KEYS:
-            continue
-        va, vb = a.get(k, _UNSET), b.get(k, _UNSET)
-        if va is _UNSET and k in defaults and _same(defaults[k], vb):
-            continue  # a field added since the checkpoint was written, left at its default
-        if not _same(va, vb):
-            out.append(f"{k} {_show(va)} -> {_show(vb)}")
-    return out
-
-
-_UNSET = object()
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{key}."))
-        else:
-            out[key] = _plain(v)
-    return out
-
-
-def _plain(v: Any) -> Any:
-    """Tuples and lists alike (a checkpoint stores lists)."""
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
-
-
-def _same(a: Any, b: Any) -> bool:
-    if a is _UNSET or b is _UNSET:
-        return a is b
-    return isinstance(a, bool) == isinstance(b, bool) and a == b
-
-
-def _show(v: Any) -> str:
-    if v is _UNSET:
-        return "(unset)"
-    if isinstance(v, str) and v and v.isprintable() and v.strip() == v:
-        return v
-    try:
-        return json.dumps(v)
-    except (TypeError, ValueError):
-        return repr(v)
 
 
 def _check_config(cfg: TrainConfig) -> None:
@@ -502,57 +439,6 @@ class _Run:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-def is_better(val: dict, best: dict, select_by: str = "robust") -> bool:
-    """Checkpoint choice: higher validation robust accuracy, ties -> higher clean accuracy (or the
-    other way round with select_by="clean", for natural models); an exact tie keeps the earlier epoch."""
-    if best.get("val_robust") is None:
-        return True
-    keys = ("val_robust", "val_clean") if select_by == "robust" else ("val_clean", "val_robust")
-    return tuple(val[k] for k in keys) > tuple(best[k] for k in keys)
-
-
-def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, *, eps: float, steps: int,
-             batch_size: int, device: torch.device, eot: int | None = None,
-             draws: int = 20) -> tuple[float, float, int]:
-    """(#correct clean, #correct under `attack` and clean (per-example minimum), #examples).
-
-    A deterministic model: counts of 0/1 verdicts, one pass each. A randomized one (says so, or
-    its outputs vary): EOT `eot` (default 20) and the verdict rule over `draws` predictions, so
-    the counts are expected numbers of correct predictions.
-    """
-    from darht.evaluation.robustness import DEFAULT_EOT, judge, run_attack
-    from darht.evaluation.verdict import is_randomized, score
-    from darht.registry import ATTACKS
-
-    fn = ATTACKS.get(attack)
-    params = inspect.signature(fn).parameters
-    if "steps" in params:
-        kw = {"steps": steps}
-    elif attack.startswith(("apgd", "fab")) and steps > 0:  # pyautoattack: iterations are `n_iter`
-        kw = {"n_iter": steps}
-    else:
-        kw = {}
-    was_training = model.training
-    model.eval()
-    clean = robust = 0.0
-    try:
-        randomized = is_randomized(model, x[:batch_size].to(device))
-        key = ATTACKS.meta(attack).get("eot")
-        if randomized and key:
-            kw[key] = DEFAULT_EOT if eot is None else eot
-        n_draws = draws if randomized else 1
-        for i in range(0, len(y), batch_size):
-            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-            ok = score(model, xb, yb, n_draws, batch_size)[0]
-            ok_adv = judge(model, run_attack(attack, model, xb, yb, eps, kw, randomized), yb, n_draws,
-                           batch_size)[0]
-            clean += ok.sum().item()
-            robust += torch.minimum(ok, ok_adv).sum().item()
-    finally:
-        model.train(was_training)
-    return clean, robust, len(y)
-
-
 def _autocast(amp: str, device: torch.device) -> Callable[[], Any]:
     if amp == "none":
         return nullcontext

@@ -1,0 +1,58 @@
+"""Per-epoch validation on the held-out split, and the checkpoint choice it drives."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+def is_better(val: dict, best: dict, select_by: str = "robust") -> bool:
+    """Checkpoint choice: higher validation robust accuracy, ties -> higher clean accuracy (or the
+    other way round with select_by="clean", for natural models); an exact tie keeps the earlier epoch."""
+    if best.get("val_robust") is None:
+        return True
+    keys = ("val_robust", "val_clean") if select_by == "robust" else ("val_clean", "val_robust")
+    return tuple(val[k] for k in keys) > tuple(best[k] for k in keys)
+
+
+def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, *, eps: float, steps: int,
+             batch_size: int, device: torch.device, eot: int | None = None,
+             draws: int = 20) -> tuple[float, float, int]:
+    """(#correct clean, #correct under `attack` and clean (per-example minimum), #examples).
+
+    A deterministic model: counts of 0/1 verdicts, one pass each. A randomized one (says so, or
+    its outputs vary): EOT `eot` (default 20) and the verdict rule over `draws` predictions, so
+    the counts are expected numbers of correct predictions.
+    """
+    from darht.evaluation.robustness import DEFAULT_EOT, judge, run_attack
+    from darht.evaluation.verdict import is_randomized, score
+    from darht.registry import ATTACKS
+
+    fn = ATTACKS.get(attack)
+    params = inspect.signature(fn).parameters
+    if "steps" in params:
+        kw = {"steps": steps}
+    elif attack.startswith(("apgd", "fab")) and steps > 0:  # pyautoattack: iterations are `n_iter`
+        kw = {"n_iter": steps}
+    else:
+        kw = {}
+    was_training = model.training
+    model.eval()
+    clean = robust = 0.0
+    try:
+        randomized = is_randomized(model, x[:batch_size].to(device))
+        key = ATTACKS.meta(attack).get("eot")
+        if randomized and key:
+            kw[key] = DEFAULT_EOT if eot is None else eot
+        n_draws = draws if randomized else 1
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            ok = score(model, xb, yb, n_draws, batch_size)[0]
+            ok_adv = judge(model, run_attack(attack, model, xb, yb, eps, kw, randomized), yb, n_draws,
+                           batch_size)[0]
+            clean += ok.sum().item()
+            robust += torch.minimum(ok, ok_adv).sum().item()
+    finally:
+        model.train(was_training)
+    return clean, robust, len(y)
