@@ -1,23 +1,29 @@
-"""The DARHT paper's evaluation settings per attack (eps = 8/255 is every attack's own default).
+"""The DARHT paper's evaluation settings per attack, as each attack registered them
+(`paper_defaults` in its registry metadata; eps = 8/255 is every attack's own default).
 
-The evaluator applies `PAPER_DEFAULTS[name]` as keyword arguments, under any user overrides.
+The evaluator applies them as keyword arguments, under any user overrides. `PAPER_DEFAULTS` is
+a read-only view of the registry, so a new attack brings its defaults with its registration.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "fgsm": {"random_start": False},
-    "pgd": {"steps": 10, "alpha": 2 / 255, "loss": "ce", "start": "normal", "sigma": 0.001},
-    "cw-inf": {"kappa": 50.0, "steps": 30, "alpha": None},  # alpha None = eps / 4, uniform start
-    "fat-pgd": {},
-    "trades-pgd": {},
-    "apgd-ce": {},
-    "apgd-dlr": {},
-    "apgd-t": {},
-    "fab-t": {},
-    "square": {"n_queries": 5000},
-    "autoattack": {},
-    "autoattack-rand": {},
-}
+from darht.registry import ATTACKS
+
+
+class _RegistryDefaults(Mapping):
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        if name not in ATTACKS:
+            raise KeyError(name)
+        return dict(ATTACKS.meta(name).get("paper_defaults") or {})
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ATTACKS.names())
+
+    def __len__(self) -> int:
+        return len(ATTACKS.names())
+
+
+PAPER_DEFAULTS: Mapping[str, dict[str, Any]] = _RegistryDefaults()

@@ -10,7 +10,7 @@ from darht.attacks.core import random_start as start_point
 from darht.registry import ATTACKS
 
 
-@ATTACKS.register("fgsm", eot="eot", white_box=True)
+@ATTACKS.register("fgsm", eot="eot", white_box=True, paper_defaults={"random_start": False})
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,
          random_start: bool = False, alpha: float | None = None, eot: int = 1) -> torch.Tensor:
     """x' = clip(x0 + alpha * sign(grad_x CE(f(x0), y))), x0 = x or x + U(-eps, eps); alpha = eps.

@@ -65,8 +65,8 @@ class Resolved:
 
 def resolve(spec: EvalSpec, randomized: bool, num_classes: int) -> Resolved:
     attacks = list(spec.attacks) if spec.attacks is not None else list(DEFAULT_ATTACKS)
-    if spec.attacks is None and randomized and num_classes >= 3:
-        attacks += RANDOMIZED_EXTRA
+    if spec.attacks is None and randomized:
+        attacks += [a for a in RANDOMIZED_EXTRA if num_classes >= (ATTACKS.meta(a).get("min_classes") or 2)]
     if not randomized:  # every pass gives the same output: one pass is exact and cheapest
         return Resolved(attacks, False, 1, 1, spec.eot is not None)
     return Resolved(attacks, True, DEFAULT_EOT if spec.eot is None else spec.eot, spec.draws,
@@ -91,9 +91,7 @@ def trial_indices(pool: int, n: int | None, trials: int, seed: int) -> tuple[lis
 
 def attack_kwargs(name: str, spec: EvalSpec, res: Resolved, eot: int | None = None) -> dict:
     """The keyword arguments `name` is called with: paper defaults < user settings < EOT."""
-    from darht.attacks import PAPER_DEFAULTS
-
-    kw = dict(PAPER_DEFAULTS.get(name, {}))
+    kw = dict(ATTACKS.meta(name).get("paper_defaults") or {})
     kw.update(spec.attack_args.get(name, {}))
     eot = res.eot if eot is None else eot
     key = ATTACKS.meta(name).get("eot")
