@@ -1,0 +1,233 @@
+"""`darht evaluate`, `darht compare` and `darht transfer`.
+
+torch and the data, model, attack and evaluation modules are imported inside the functions that
+use them, not at the top: every `darht ...` start-up (`darht --help` included) builds this
+module's parsers, and must not pay for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from darht.cli.args import (_parse_attack_args, check_model_fits, parse_data_args, parse_eps,
+                            parse_int_list, positive_int, write_record)
+from darht.errors import DarhtError
+
+
+def load_eval_model(args: argparse.Namespace, num_classes: int, in_chans: int, img_size: int):
+    from darht.models.io import load_model, read_meta
+
+    if args.checkpoint:
+        model = load_model(args.checkpoint, name=args.model)
+        meta = read_meta(args.checkpoint)
+        return model, {"checkpoint": str(args.checkpoint), "spec": meta.get("spec", getattr(model, "spec", None)),
+                       **meta.get("meta", {})}
+    if args.model and args.weights:
+        model = load_model(args.weights, name=args.model, num_classes=num_classes, in_chans=in_chans,
+                           img_size=img_size)
+        return model, {"checkpoint": str(args.weights), "name": args.model}
+    if args.model:
+        from darht.models import create_model
+
+        print(f"note: no weights given: evaluating a randomly initialised {args.model}", file=sys.stderr)
+        return create_model(args.model, num_classes=num_classes, in_chans=in_chans, img_size=img_size), \
+            {"name": args.model, "checkpoint": None}
+    raise DarhtError("evaluate needs --checkpoint PATH, or --model NAME [--weights PATH]")
+
+
+def _set_mc_mode(model: Any, mc: bool) -> None:
+    """Switch a DARHT student between MC dropout and its deterministic mode."""
+    students = [m for m in model.modules() if hasattr(m, "deterministic")]
+    if not students:
+        raise DarhtError("--mode applies only to DARHT students; this model has no MC dropout head")
+    for m in students:
+        m.deterministic = not mc
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from darht.data import load_dataset
+    from darht.evaluation.robustness import EvalSpec, evaluate, markdown_table
+    from darht.evaluation.sweep import sweep_markdown
+    from darht.registry import ATTACKS
+    from darht.utils import check_output, git_revision, resolve_device
+
+    attacks = [a for a in args.attacks.split(",") if a] if args.attacks is not None else None
+    for name in attacks or []:
+        ATTACKS.get(name)  # unknown names fail before any loading
+    from darht.attacks.args import check_attack_args_map
+
+    attack_args = _parse_attack_args(args.attack_arg)
+    check_attack_args_map(attack_args)
+    check_output(args.out, "file")
+    device = resolve_device(args.device)
+    data = load_dataset(args.data, args.split, args.root, **parse_data_args(args.data_arg))
+    c, h, _ = data.shape
+    model, meta = load_eval_model(args, data.num_classes, c, h)
+    check_model_fits(model, data, f"{args.data}/{args.split}")
+    if args.mode in ("mc", "deterministic"):
+        _set_mc_mode(model, args.mode == "mc")
+    spec = EvalSpec(attacks=attacks, eps=args.eps, n=args.n, trials=args.trials, seed=args.seed,
+                    batch_size=args.batch_size, attack_args=attack_args,
+                    eot=args.eot, draws=args.draws, eot_sweep=args.eot_sweep or [],
+                    faces=args.mode is None, progress=not args.no_progress)
+    torch.manual_seed(args.seed)
+    x = data.float_x()
+    record = evaluate(model, x, data.y, spec, device)
+    record = {"kind": "evaluation", "model": meta, "data": {"name": args.data, "split": args.split,
+              "size": len(data)}, "git": git_revision(), "command": " ".join(sys.argv), **record}
+    title = f"{meta.get('checkpoint') or meta.get('name')} on {args.data}/{args.split}: eps={args.eps:.4f}, " \
+            f"n={record['n']}, trials={args.trials}"
+    if record["randomized"]:
+        title += f"; randomized: EOT {record['eot']}, {record['draws']} draws per example"
+    print(title)
+    print(markdown_table(record))
+    if record.get("eot_sweep"):
+        print("\nEOT sweep (robust accuracy on the same examples):")
+        print(sweep_markdown(record["eot_sweep"]))
+    checks = record["checks"] + [f"deterministic face: {c}" for c in
+                                 (record.get("faces") or {}).get("deterministic", {}).get("checks", [])]
+    for note in checks:
+        print(f"check: {note}")
+    write_record(args.out, record)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from darht.evaluation.stats import compare_groups, comparison_markdown, parse_record_args
+    from darht.utils import check_output
+
+    check_output(args.out, "file")
+    groups = parse_record_args(args.records)
+    result = compare_groups(groups, [args.attack] if args.attack else None)
+    print(comparison_markdown(result))
+    write_record(args.out, {"kind": "comparison", **result})
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    import torch
+
+    from darht.data import load_dataset
+    from darht.evaluation.transfer import select_teachers, student_transfer, transfer_matrix
+    from darht.methods.teachers import load_attackable
+    from darht.models.io import load_model
+    from darht.registry import ATTACKS
+    from darht.report.tables import transfer_markdown
+    from darht.utils import check_output, resolve_device
+
+    ATTACKS.get(args.attack)
+    check_output(args.out, "file")
+    device = resolve_device(args.device)
+    names = args.candidates if args.select else args.teacher
+    if not names:
+        raise DarhtError("transfer needs --teacher T (repeatable) with --student S, or --select J CANDIDATE...")
+    if args.select and not 1 <= args.select <= len(names):
+        raise DarhtError(f"--select {args.select}: choose between 1 and {len(names)} of the candidates")
+    if not args.select and not args.student:
+        raise DarhtError("transfer needs --student with --teacher (or use --select)")
+    data = load_dataset(args.data, args.split, args.root, **parse_data_args(args.data_arg))
+    c, h, _ = data.shape
+    x, y = data.float_x().to(device), data.y.to(device)
+    kw = {"attack": args.attack, "eps": args.eps, "n": args.n, "batch_size": args.batch_size, "seed": args.seed,
+          "draws": args.draws}
+    models = {n: load_attackable(n, num_classes=data.num_classes, in_chans=c, img_size=h).to(device) for n in names}
+    torch.manual_seed(args.seed)
+    rec: dict[str, Any] = {"kind": "transfer", "data": args.data, **{k: v for k, v in kw.items() if k != "batch_size"}}
+    if args.select:
+        rec["teacher_matrix"] = transfer_matrix(models, x, y, **kw)
+        rec["selection"] = select_teachers(rec["teacher_matrix"]["matrix"], args.select)
+    else:
+        student = load_model(args.student).to(device).eval()
+        check_model_fits(student, data, f"{args.data}/{args.split}")
+        rec["students"] = {args.student: student_transfer(student, models, x, y, **kw)}
+        if len(models) >= 2:
+            rec["teacher_matrix"] = transfer_matrix(models, x, y, **kw)
+    print(transfer_markdown(rec))
+    if "selection" in rec:
+        sel = rec["selection"]
+        print(f"\nproposed teacher set (lowest mean pairwise transfer {100 * sel['mean_pairwise_transfer']:.1f}%):")
+        for t in sel["selected"]:
+            print(f"  {t}")
+    write_record(args.out, rec)
+    return 0
+
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="clean / robust / W-Robust accuracy under attacks")
+    p.add_argument("--checkpoint", help="a checkpoint (.safetensors, run directory, or .pt)")
+    p.add_argument("--model", help="model name (with --weights, or to rebuild a .pt state dict)")
+    p.add_argument("--weights", help="weights for --model")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--root")
+    p.add_argument("--split", default="test")
+    p.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="data set option, e.g. --data-arg size=32 (repeatable)")
+    p.add_argument("--attacks", help="comma-separated (default: fgsm,pgd,cw-inf,apgd-ce,square, plus apgd-dlr "
+                   "for a randomized model; '' for clean only)")
+    p.add_argument("--attack-arg", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                   help="e.g. --attack-arg pgd.steps=20 --attack-arg square.n_queries=1000")
+    p.add_argument("--eps", type=parse_eps, default=8 / 255, help="L-inf radius in [0,1] pixels (default 8/255)")
+    p.add_argument("--n", type=positive_int, default=1000, help="examples per trial (default 1000)")
+    p.add_argument("--trials", type=positive_int, default=1,
+                   help="seeded subsets, disjoint when n x trials fits the data (paper: 30)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--eot", type=positive_int, default=None,
+                   help="EOT samples per gradient step for a randomized model (default 20; ignored for "
+                        "deterministic models)")
+    p.add_argument("--draws", type=positive_int, default=20,
+                   help="stochastic predictions judging each example of a randomized model (default 20)")
+    p.add_argument("--eot-sweep", type=parse_int_list, metavar="E1,E2,...",
+                   help="also report robust accuracy per EOT setting (e.g. 1,5,20,50) on the same examples")
+    p.add_argument("--mode", choices=["mc", "deterministic"],
+                   help="DARHT student: only MC dropout or only deterministic (default: both faces)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="write the JSON record here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_compare(sub: Any) -> None:
+    p = sub.add_parser("compare", help="paired tests (McNemar, bootstrap CI), Mann-Whitney U and tests "
+                       "across training seeds between evaluation records")
+    p.add_argument("records", nargs="+", metavar="[NAME=]RECORD",
+                   help="evaluation records; NAME=PATH groups several records (training seeds) of one method; "
+                        "the first method is the baseline")
+    p.add_argument("--attack", help="compare on this attack only (default: every common one)")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_compare)
+
+
+def _add_transfer(sub: Any) -> None:
+    p = sub.add_parser("transfer", help="adversarial transferability student->teachers; teacher selection")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--root")
+    p.add_argument("--split", default="test")
+    p.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE", help="data set option")
+    p.add_argument("--student", help="student checkpoint / run directory")
+    p.add_argument("--teacher", action="append", default=[], help="teacher checkpoint / run dir (repeatable)")
+    p.add_argument("--select", type=positive_int, metavar="J", help="propose the J candidates with lowest mutual transfer")
+    p.add_argument("candidates", nargs="*", help="with --select: candidate teachers")
+    p.add_argument("--attack", default="pgd")
+    p.add_argument("--eps", type=parse_eps, default=8 / 255)
+    p.add_argument("--n", type=positive_int, default=1000)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--seed", type=int, default=0, help="draws the --n examples, and seeds the attacks")
+    p.add_argument("--draws", type=positive_int, default=20,
+                   help="stochastic predictions per example for a randomized model (verdict rule)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_transfer)
+
+
+VERBS = {"evaluate": _add_evaluate, "compare": _add_compare, "transfer": _add_transfer}
+
+
+def add_parsers(sub: Any, verbs: list[str] | None = None) -> None:
+    """Register this module's sub-parsers (`verbs`: only those, in that order; default all)."""
+    for name in VERBS if verbs is None else verbs:
+        VERBS[name](sub)
