@@ -11,9 +11,9 @@ import yaml
 
 from darht.attacks import PAPER_DEFAULTS
 from darht.attacks.args import attack_arg_types, check_attack_args, check_attack_args_map
-from darht.config import (CONSTRAINTS, EvalConfig, OptimConfig, TrainConfig, _build, load_yaml, make_config,
-                          to_dict)
+from darht.config import EvalConfig, OptimConfig, TrainConfig, _build, load_yaml, make_config, to_dict
 from darht.errors import DarhtError
+from darht.constraints import CONSTRAINTS
 from darht.evaluation.robustness import EvalSpec
 from darht.methods._args import accepted_args, check_method_args
 from darht.pipeline import Pipeline, PipelineConfig, load_pipeline

@@ -11,14 +11,14 @@ Every problem raises DarhtError with one line naming the attack.
 
 from __future__ import annotations
 
-import inspect
 import typing
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from darht.config import Bound, at_least, coerce
+from darht.constraints import Bound, at_least
+from darht.typecheck import coerce, keyword_types
 from darht.errors import DarhtError
 from darht.registry import ATTACKS
 
@@ -56,35 +56,14 @@ def _is_tensor(hint: Any) -> bool:
     return any(_is_tensor(a) for a in typing.get_args(hint))
 
 
-def _type_of_default(default: Any) -> Any:
-    if isinstance(default, bool):
-        return bool
-    if type(default) in (int, float, str):
-        return type(default)
-    return Any
-
-
 def attack_arg_types(name: str) -> tuple[dict[str, Any], bool]:
     """(argument -> expected type, open) for the registered attack `name`; `open` is True for an
     attack taking `**kw` whose names are not known here (then any other name passes)."""
     from darht.attacks import autoattack
 
     fn = ATTACKS.get(name)
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # an annotation that does not resolve: fall back on the defaults
-        hints = {}
-    out: dict[str, Any] = {}
-    var_kw = False
-    for p in inspect.signature(fn).parameters.values():
-        if p.kind is p.VAR_KEYWORD:
-            var_kw = True
-            continue
-        if p.kind is p.VAR_POSITIONAL or p.name in _INPUTS or p.name == "eps":
-            continue
-        hint = hints.get(p.name, _type_of_default(p.default))
-        if not _is_tensor(hint):
-            out[p.name] = hint
+    types, var_kw = keyword_types(fn, skip=(*_INPUTS, "eps"))
+    out = {k: t for k, t in types.items() if not _is_tensor(t)}
     if not var_kw:
         return out, False
     if getattr(fn, "__module__", None) != autoattack.__name__:

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import inspect
 import math
-import typing
 from typing import Any, Iterable, Mapping
 
 from darht.errors import DarhtError
+from darht.typecheck import coerce, keyword_types
 
 # Parameters of Method.__init__ that are not method arguments.
 _NOT_ARGS = {"self", "model", "teachers"}
@@ -58,27 +58,13 @@ def check_args(method: Any, unknown: Mapping[str, Any], accepted: Iterable[str] 
                      f"accepted: {', '.join(names) or '(none)'}")
 
 
-def _type_of_default(default: Any) -> Any:
-    """The type a default implies: bool, int, float or str; anything for None or no default."""
-    if isinstance(default, bool):
-        return bool
-    if type(default) in (int, float, str):
-        return type(default)
-    return Any
-
-
 def method_arg_types(method: Any) -> dict[str, Any]:
     """name -> expected type of each keyword argument a method class declares in `__init__`:
     its annotation (`int | str`, `float | None`, ...), or else the type its default implies
     (int, float, bool, str; a None default accepts anything)."""
     cls = method if isinstance(method, type) else type(method)
-    init = cls.__init__
-    try:
-        hints = typing.get_type_hints(init)
-    except Exception:  # an annotation that does not resolve: fall back on the defaults
-        hints = {}
-    params = inspect.signature(init).parameters
-    return {name: hints.get(name, _type_of_default(params[name].default)) for name in accepted_args(cls)}
+    types, _ = keyword_types(cls.__init__)
+    return {name: types[name] for name in accepted_args(cls)}
 
 
 def check_method_args(method_cls: Any, args: Mapping[str, Any] | None) -> None:
@@ -89,8 +75,6 @@ def check_method_args(method_cls: Any, args: Mapping[str, Any] | None) -> None:
     in `__init__`. Numbers may be numeric strings such as "8/255", as `number` accepts them.
     `method_cls` may also be a registered name.
     """
-    from darht.config import coerce
-
     if isinstance(method_cls, str):
         from darht.registry import METHODS
 
