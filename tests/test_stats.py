@@ -16,8 +16,9 @@ from scipy.stats import binomtest, mannwhitneyu, t as student_t, ttest_ind
 
 from darht.errors import DarhtError
 from darht.evaluation import stats
-from darht.evaluation.stats import (OVERLAP_NOTE, bootstrap_diff, check_comparable, common_attacks, compare,
-                                    compare_groups, comparison_markdown, mcnemar, parse_record_args, read_record)
+from darht.evaluation.comparable import check_comparable, common_attacks, parse_record_args, read_record
+from darht.evaluation.stats import OVERLAP_NOTE, bootstrap_diff, compare, compare_groups, mcnemar
+from darht.report.comparison import comparison_markdown
 
 ATTACKS = ["fgsm", "pgd"]
 

@@ -97,7 +97,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from darht.evaluation.stats import compare_groups, comparison_markdown, parse_record_args
+    from darht.evaluation.comparable import parse_record_args
+    from darht.evaluation.stats import compare_groups
+    from darht.report.comparison import comparison_markdown
     from darht.utils import check_output
 
     check_output(args.out, "file")
