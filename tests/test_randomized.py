@@ -213,7 +213,9 @@ def test_a_darht_student_reports_both_faces():
     torch.manual_seed(0)
     alone = evaluate(student, x, y, spec, torch.device("cpu"))
     assert alone["examples"]["clean"] == det["examples"]["clean"]
-    table = robustness.markdown_table(rec)
+    from darht.report.tables import markdown_table
+
+    table = markdown_table(rec)
     assert "MC robust" in table and "det. robust" in table
 
 

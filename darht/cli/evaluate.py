@@ -50,8 +50,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from darht.data import load_dataset
-    from darht.evaluation.robustness import EvalSpec, evaluate, markdown_table
-    from darht.evaluation.sweep import sweep_markdown
+    from darht.evaluation.robustness import EvalSpec, evaluate
+    from darht.report.tables import markdown_table, sweep_markdown
     from darht.registry import ATTACKS
     from darht.utils import check_output, git_revision, resolve_device
 

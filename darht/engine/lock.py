@@ -20,8 +20,11 @@ import fcntl
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+from darht.engine import distributed as ddp
 from darht.errors import DarhtError
 
 LOCK_NAME = ".lock"
@@ -147,3 +150,25 @@ def _holder(fd: int) -> str:
         if time.monotonic() > deadline:
             return "unknown"
         time.sleep(0.02)
+
+
+@contextmanager
+def rank0_lock(run_dir: Path, info: ddp.DistInfo) -> Iterator[None]:
+    """Rank 0 locks the run directory (creating it); every rank learns whether that worked, so a
+    refused start ends all ranks at once instead of leaving them waiting in a collective."""
+    lock, err = None, None
+    if info.is_main:
+        lock = RunLock(run_dir)
+        try:
+            lock.acquire()
+        except DarhtError as e:
+            err = str(e)
+    if info.enabled:
+        err = ddp.broadcast_object(err, info)
+    if err is not None:
+        raise DarhtError(err)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()

@@ -21,10 +21,10 @@ from __future__ import annotations
 import math
 import sys
 import time
-import warnings
-from contextlib import contextmanager, nullcontext
+
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -34,8 +34,9 @@ from darht.engine import checkpoint as ckpt
 from darht.engine.resume import config_differences
 from darht.engine.validate import is_better, validate
 from darht.engine import distributed as ddp
-from darht.engine.lock import RunLock
+from darht.engine.lock import rank0_lock
 from darht.engine.schedules import LRSchedule
+from darht.engine.setup import autocast_for, build_data, build_model, tensorboard_writer
 from darht.errors import DarhtError
 from darht.utils import git_revision, resolve_device, seed_everything
 
@@ -60,7 +61,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     run = _Run(cfg, info, device)
     ok = False
     try:
-        with _run_lock(run.run_dir, info):
+        with rank0_lock(run.run_dir, info):
             summary = run.run(resume)
         ok = True
         return summary if info.is_main else {}
@@ -72,28 +73,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
             ddp.cleanup(info)
         elif info.owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # no barrier: other ranks may be gone
-
-
-@contextmanager
-def _run_lock(run_dir: Path, info: ddp.DistInfo) -> Iterator[None]:
-    """Rank 0 locks the run directory (creating it); every rank learns whether that worked, so a
-    refused start ends all ranks at once instead of leaving them waiting in a collective."""
-    lock, err = None, None
-    if info.is_main:
-        lock = RunLock(run_dir)
-        try:
-            lock.acquire()
-        except DarhtError as e:
-            err = str(e)
-    if info.enabled:
-        err = ddp.broadcast_object(err, info)
-    if err is not None:
-        raise DarhtError(err)
-    try:
-        yield
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def _check_config(cfg: TrainConfig) -> None:
@@ -175,7 +154,7 @@ class _Run:
             with self._writing(self.run_dir / "config.yaml"):
                 dump_yaml(cfg, self.run_dir / "config.yaml")
             with self._writing(self.run_dir / "tb"):
-                self.writer = _tensorboard(self.run_dir)
+                self.writer = tensorboard_writer(self.run_dir)
         for epoch in range(start, cfg.epochs):
             self._epoch(epoch)
         ddp.barrier(info)
@@ -208,54 +187,16 @@ class _Run:
                              "undo the change or start a new run directory")
 
     def _setup_data(self) -> None:
-        from darht.data.base import load_dataset, split_train_val
-        from darht.data.loader import Augment, Loader
-
-        cfg, info = self.cfg, self.info
-        data = load_dataset(cfg.data.name, "train", cfg.data.root, **cfg.data.kwargs)
-        if cfg.data.limit is not None:
-            data = data.subset(slice(0, cfg.data.limit))
-        train, val = split_train_val(data, cfg.data.val_fraction, cfg.seed)
-        self.data, self.val = train, val
-        # cfg.batch_size is the global batch: each of the world_size ranks takes its share.
-        if cfg.batch_size % info.world_size:
-            log(f"note: batch size {cfg.batch_size} is not divisible by {info.world_size} ranks", info)
-        per_rank = max(1, cfg.batch_size // info.world_size)
-        augment = Augment(cfg.data.padding, cfg.data.flip) if cfg.data.augment else None
-        self.loader = Loader(train, per_rank, shuffle=True, seed=cfg.seed, augment=augment, device=self.device,
-                             rank=info.rank, world_size=info.world_size)
+        self.data, self.val, self.loader = build_data(self.cfg, self.info, self.device)
 
     def _setup_model(self) -> None:
-        from darht.methods.teachers import load_teacher
-        from darht.registry import METHODS
-
         cfg, device = self.cfg, self.device
-        method_cls = METHODS.get(cfg.method)
-        specs = list(cfg.teachers) + ([cfg.teacher_natural] if cfg.teacher_natural else [])
-        if getattr(method_cls, "needs_teachers", False) and not specs:
-            raise DarhtError(f"method '{cfg.method}' distills from teachers: set `teachers` in the config")
-        c, h, _ = self.data.shape
-        k = self.data.num_classes
-        teachers = [load_teacher(s, num_classes=k, in_chans=c, img_size=h, bf16=cfg.teacher_bf16).to(device)
-                    for s in specs]
-        model = method_cls.build_model(cfg.model.name, k, c, h, num_teachers=len(teachers), **cfg.model.kwargs)
-        if cfg.model.weights:
-            _load_weights(model, cfg.model.weights)
-        model = model.to(device)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model  # the plain module: saved, all-reduced, broadcast
-        net = _maybe_compile(model, self.data, device) if cfg.compile else model
-        try:
-            self.method = method_cls(net, teachers=teachers, **cfg.method_args)
-        except (TypeError, ValueError) as e:
-            raise DarhtError(f"method '{cfg.method}': bad method_args: {e}") from None
-        self.net = net
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+        self.model, self.net, self.method = build_model(cfg, self.data, device)  # model: the plain module
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
         self.schedule = LRSchedule(self.optimizer, cfg.optim, cfg.epochs, len(self.loader),
-                                   getattr(method_cls, "original_schedule", None))
-        self.autocast = _autocast(cfg.amp, device)
+                                   getattr(type(self.method), "original_schedule", None))
+        self.autocast = autocast_for(cfg.amp, device)
         self.scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
         self.git = git_revision() if self.info.is_main else None
 
@@ -439,52 +380,6 @@ class _Run:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-def _autocast(amp: str, device: torch.device) -> Callable[[], Any]:
-    if amp == "none":
-        return nullcontext
-    if amp == "fp16" and device.type != "cuda":
-        raise DarhtError(f"amp fp16 needs a CUDA device (this run is on {device.type}); use amp: bf16")
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
-
-
-def _load_weights(model: nn.Module, path: str) -> None:
-    """Start from `path` (our .safetensors, a run directory, last.pt, a state dict); keys must fit."""
-    from darht.models.io import load_state, read_state_dict
-
-    state, _ = read_state_dict(path)
-    load_state(model, state, what=f"model.weights {path}")
-
-
-def _maybe_compile(model: nn.Module, data: Any, device: torch.device) -> nn.Module:
-    """torch.compile, checked with one forward+backward (compilation is lazy); on failure warn and
-    train uncompiled. The trial leaves weights, buffers, grads and RNG streams as they were."""
-    try:
-        compiled = torch.compile(model)
-        saved = {k: v.clone() for k, v in model.state_dict().items()}
-        rng = ckpt.rng_state()
-        try:
-            x = data.subset(slice(0, 2)).float_x().to(device)
-            compiled.train()(x).float().sum().backward()
-        finally:
-            model.load_state_dict(saved)
-            model.zero_grad(set_to_none=True)
-            ckpt.set_rng_state(rng)
-        return compiled
-    except Exception as e:  # noqa: BLE001 - any backend failure means: run eagerly
-        warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                      "training uncompiled", stacklevel=2)
-        return model
-
-
-def _tensorboard(run_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(run_dir / "tb"))
-
-
 def _epoch_line(r: dict, epochs: int) -> str:
     val = f" val clean {r['val_clean']:.4f} robust {r['val_robust']:.4f}" if "val_clean" in r else ""
     return (f"epoch {r['epoch']}/{epochs} lr {r['lr']:.4g} loss {r['train_loss']:.4f}{val} "

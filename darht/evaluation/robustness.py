@@ -275,36 +275,3 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: EvalSpec,
         "seed": spec.seed, "pool": len(pool), "wall_time_s": round(time.time() - start, 3),
     })
     return record
-
-
-def markdown_table(record: dict) -> str:
-    """The paper's layout: one row per attack with clean, robust and W-Robust accuracy (%);
-    a randomized model adds the strict verdict, a DARHT student its deterministic face."""
-    s = record["summary"]
-    pm = record.get("trials_count", 1) > 1
-    rand = record.get("randomized", False)
-    det = (record.get("faces") or {}).get("deterministic")
-
-    def fmt(st: dict | None) -> str:
-        if st is None:
-            return ""
-        return f"{100 * st['mean']:.2f}" + (f" ± {100 * st['std']:.2f}" if pm else "")
-
-    head = ["attack", "clean (%)", "robust (%)", "W-Robust (%)"]
-    if rand:
-        head.insert(3, "strict (%)")
-    if det:
-        head = [head[0]] + [f"MC {h}" for h in head[1:]] + ["det. clean (%)", "det. robust (%)", "det. W-Robust (%)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for k in s["robust"]:
-        cells = [k, fmt(s["clean"]), fmt(s["robust"][k])]
-        if rand:
-            cells.append(fmt(s.get("strict", {}).get(k)))
-        cells.append(fmt(s["w_robust"][k]))
-        if det:
-            d = det["summary"]
-            cells += [fmt(d["clean"]), fmt(d["robust"].get(k)), fmt(d["w_robust"].get(k))]
-        lines.append("| " + " | ".join(cells) + " |")
-    if not s["robust"]:
-        lines.append(f"| (none) | {fmt(s['clean'])} |" + " |" * (len(head) - 2))
-    return "\n".join(lines)

@@ -59,14 +59,3 @@ def eot_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec, device: 
             entry.update(converged=ok, drop=drop, se=se)
         out["attacks"][name] = entry
     return out
-
-
-def sweep_markdown(sweep: dict) -> str:
-    settings = sweep["settings"]
-    lines = ["| attack | " + " | ".join(f"EOT {e} (%)" for e in settings) + " | stopped falling |",
-             "|---|" + "---|" * (len(settings) + 1)]
-    for name, e in sweep["attacks"].items():
-        verdict = "n/a" if "converged" not in e else ("yes" if e["converged"] else
-                                                      f"no (still -{100 * e['drop']:.2f} pp)")
-        lines.append(f"| {name} | " + " | ".join(f"{100 * v:.2f}" for v in e["robust"]) + f" | {verdict} |")
-    return "\n".join(lines)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from darht.errors import DarhtError
-from darht.evaluation.sweep import sweep_markdown
 from darht.report import plots, tables
 from darht.utils import atomic_write_text
 
@@ -38,7 +37,7 @@ def write_report(run_dir: str | Path) -> Path:
         sweeps = [(n, r) for n, r in records.items() if r.get("eot_sweep")]
         for n, r in sweeps:
             md += [f"EOT sweep for `{n}` (robust accuracy on the same examples, {r['draws']} draws each):", "",
-                   sweep_markdown(r["eot_sweep"]), ""]
+                   tables.sweep_markdown(r["eot_sweep"]), ""]
         unswept = [n for n, r in records.items() if r.get("randomized") and not r.get("eot_sweep")]
         if unswept:
             md += [f"No EOT sweep for the randomized model(s) {', '.join(unswept)}: set `evaluation.eot_sweep` "

@@ -144,3 +144,47 @@ def transfer_markdown(rec: dict) -> str:
             cells = ["n/a" if m["matrix"][s][t] is None else f"{100 * m['matrix'][s][t]:.1f}" for t in names]
             parts.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(parts)
+
+
+def markdown_table(record: dict) -> str:
+    """The paper's layout: one row per attack with clean, robust and W-Robust accuracy (%);
+    a randomized model adds the strict verdict, a DARHT student its deterministic face."""
+    s = record["summary"]
+    pm = record.get("trials_count", 1) > 1
+    rand = record.get("randomized", False)
+    det = (record.get("faces") or {}).get("deterministic")
+
+    def fmt(st: dict | None) -> str:
+        if st is None:
+            return ""
+        return f"{100 * st['mean']:.2f}" + (f" ± {100 * st['std']:.2f}" if pm else "")
+
+    head = ["attack", "clean (%)", "robust (%)", "W-Robust (%)"]
+    if rand:
+        head.insert(3, "strict (%)")
+    if det:
+        head = [head[0]] + [f"MC {h}" for h in head[1:]] + ["det. clean (%)", "det. robust (%)", "det. W-Robust (%)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for k in s["robust"]:
+        cells = [k, fmt(s["clean"]), fmt(s["robust"][k])]
+        if rand:
+            cells.append(fmt(s.get("strict", {}).get(k)))
+        cells.append(fmt(s["w_robust"][k]))
+        if det:
+            d = det["summary"]
+            cells += [fmt(d["clean"]), fmt(d["robust"].get(k)), fmt(d["w_robust"].get(k))]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not s["robust"]:
+        lines.append(f"| (none) | {fmt(s['clean'])} |" + " |" * (len(head) - 2))
+    return "\n".join(lines)
+
+
+def sweep_markdown(sweep: dict) -> str:
+    settings = sweep["settings"]
+    lines = ["| attack | " + " | ".join(f"EOT {e} (%)" for e in settings) + " | stopped falling |",
+             "|---|" + "---|" * (len(settings) + 1)]
+    for name, e in sweep["attacks"].items():
+        verdict = "n/a" if "converged" not in e else ("yes" if e["converged"] else
+                                                      f"no (still -{100 * e['drop']:.2f} pp)")
+        lines.append(f"| {name} | " + " | ".join(f"{100 * v:.2f}" for v in e["robust"]) + f" | {verdict} |")
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""Set-up of a training run, done once before the loop: data and loader (the global batch split
+over the ranks), teachers, the model and its method, AMP autocast, starting weights,
+torch.compile (checked, with a fallback) and the optional TensorBoard writer."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from darht.config import TrainConfig
+from darht.data.base import ImageData, load_dataset, split_train_val
+from darht.data.loader import Augment, Loader
+from darht.engine import checkpoint as ckpt
+from darht.engine import distributed as ddp
+from darht.errors import DarhtError
+from darht.methods.base import Method
+from darht.methods.teachers import load_teacher
+from darht.registry import METHODS
+
+
+def build_data(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device) -> tuple[ImageData, ImageData, Loader]:
+    """(train split, held-out validation split, this rank's loader over the train split)."""
+    data = load_dataset(cfg.data.name, "train", cfg.data.root, **cfg.data.kwargs)
+    if cfg.data.limit is not None:
+        data = data.subset(slice(0, cfg.data.limit))
+    train, val = split_train_val(data, cfg.data.val_fraction, cfg.seed)
+    # cfg.batch_size is the global batch: each of the world_size ranks takes its share.
+    if cfg.batch_size % info.world_size and info.is_main:
+        print(f"note: batch size {cfg.batch_size} is not divisible by {info.world_size} ranks", file=sys.stderr)
+    per_rank = max(1, cfg.batch_size // info.world_size)
+    augment = Augment(cfg.data.padding, cfg.data.flip) if cfg.data.augment else None
+    loader = Loader(train, per_rank, shuffle=True, seed=cfg.seed, augment=augment, device=device,
+                    rank=info.rank, world_size=info.world_size)
+    return train, val, loader
+
+
+def build_model(cfg: TrainConfig, data: ImageData, device: torch.device) -> tuple[nn.Module, nn.Module, Method]:
+    """(the plain model: saved, all-reduced, broadcast; the module the method calls, compiled when
+    asked; the method, holding its frozen teachers)."""
+    method_cls = METHODS.get(cfg.method)
+    specs = list(cfg.teachers) + ([cfg.teacher_natural] if cfg.teacher_natural else [])
+    if getattr(method_cls, "needs_teachers", False) and not specs:
+        raise DarhtError(f"method '{cfg.method}' distills from teachers: set `teachers` in the config")
+    c, h, _ = data.shape
+    k = data.num_classes
+    teachers = [load_teacher(s, num_classes=k, in_chans=c, img_size=h, bf16=cfg.teacher_bf16).to(device)
+                for s in specs]
+    model = method_cls.build_model(cfg.model.name, k, c, h, num_teachers=len(teachers), **cfg.model.kwargs)
+    if cfg.model.weights:
+        load_weights(model, cfg.model.weights)
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = maybe_compile(model, data, device) if cfg.compile else model
+    try:
+        method = method_cls(net, teachers=teachers, **cfg.method_args)
+    except (TypeError, ValueError) as e:
+        raise DarhtError(f"method '{cfg.method}': bad method_args: {e}") from None
+    return model, net, method
+
+
+def autocast_for(amp: str, device: torch.device) -> Callable[[], Any]:
+    if amp == "none":
+        return nullcontext
+    if amp == "fp16" and device.type != "cuda":
+        raise DarhtError(f"amp fp16 needs a CUDA device (this run is on {device.type}); use amp: bf16")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Start from `path` (our .safetensors, a run directory, last.pt, a state dict); keys must fit."""
+    from darht.models.io import load_state, read_state_dict
+
+    state, _ = read_state_dict(path)
+    load_state(model, state, what=f"model.weights {path}")
+
+
+def maybe_compile(model: nn.Module, data: Any, device: torch.device) -> nn.Module:
+    """torch.compile, checked with one forward+backward (compilation is lazy); on failure warn and
+    train uncompiled. The trial leaves weights, buffers, grads and RNG streams as they were."""
+    try:
+        compiled = torch.compile(model)
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
+        rng = ckpt.rng_state()
+        try:
+            x = data.subset(slice(0, 2)).float_x().to(device)
+            compiled.train()(x).float().sum().backward()
+        finally:
+            model.load_state_dict(saved)
+            model.zero_grad(set_to_none=True)
+            ckpt.set_rng_state(rng)
+        return compiled
+    except Exception as e:  # noqa: BLE001 - any backend failure means: run eagerly
+        warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                      "training uncompiled", stacklevel=2)
+        return model
+
+
+def tensorboard_writer(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
