@@ -475,5 +475,7 @@ def test_every_attack_matches_its_registered_metadata(name):
     check_attack_args(name, meta.get("paper_defaults") or {})
     if meta.get("eot"):
         check_attack_args(name, {meta["eot"]: 3})
+    if meta.get("steps"):  # the keyword validation during training sets eval.steps through
+        check_attack_args(name, {meta["steps"]: 3})
     if meta.get("strongest") is not None:
         assert callable(meta["strongest"]) and "min_classes" in meta

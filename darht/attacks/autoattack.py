@@ -257,7 +257,8 @@ def strongest_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps:
 
 
 def _adapter(name: str, version: str, attacks: list[str] | None, *, eot: str | None, white_box: bool,
-             ensemble: bool = False, paper_defaults: dict | None = None, **fixed: Any):
+             ensemble: bool = False, paper_defaults: dict | None = None, steps: str | None = "n_iter",
+             **fixed: Any):
     def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,
                seed: int = 0, verbose: bool = False, **kw: Any) -> torch.Tensor:
         kw.pop("eot", None)  # Square's draws: only the strongest-point mode uses them
@@ -272,7 +273,7 @@ def _adapter(name: str, version: str, attacks: list[str] | None, *, eot: str | N
     attack.__name__ = name.replace("-", "_")
     attack.__doc__ = f"pyautoattack '{name}' (Linf): f(model, x, y, *, eps, seed, verbose, **settings) -> x_adv."
     members = attacks or {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"], "rand": ["apgd-ce", "apgd-dlr"]}[version]
-    return ATTACKS.register(name, eot=eot, white_box=white_box, ensemble=ensemble, strongest=strongest,
+    return ATTACKS.register(name, eot=eot, steps=steps, white_box=white_box, ensemble=ensemble, strongest=strongest,
                             paper_defaults=dict(paper_defaults or {}),
                             min_classes=max(MIN_CLASSES[m] for m in members))(attack)
 
@@ -281,7 +282,7 @@ apgd_ce = _adapter("apgd-ce", "custom", ["apgd-ce"], eot="eot_iter", white_box=T
 apgd_dlr = _adapter("apgd-dlr", "custom", ["apgd-dlr"], eot="eot_iter", white_box=True)
 apgd_t = _adapter("apgd-t", "custom", ["apgd-t"], eot="eot_iter", white_box=True)
 fab_t = _adapter("fab-t", "custom", ["fab-t"], eot=None, white_box=True)
-square = _adapter("square", "custom", ["square"], eot="eot", white_box=False, n_queries=5000,
+square = _adapter("square", "custom", ["square"], eot="eot", white_box=False, steps="n_queries", n_queries=5000,
                   paper_defaults={"n_queries": 5000})
 autoattack = _adapter("autoattack", "standard", None, eot="eot_iter", white_box=True, ensemble=True)
 autoattack_rand = _adapter("autoattack-rand", "rand", None, eot="eot_iter", white_box=True, ensemble=True)

@@ -29,7 +29,7 @@ def make_loss(loss: str, y: torch.Tensor | None, kappa: float = 50.0,
     raise DarhtError(f"unknown attack loss '{loss}'; choose from: ce, cw, kl")
 
 
-@ATTACKS.register("pgd", eot="eot", white_box=True,
+@ATTACKS.register("pgd", eot="eot", steps="steps", white_box=True,
                   paper_defaults={"steps": 10, "alpha": 2 / 255, "loss": "ce", "start": "normal", "sigma": 0.001})
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float = 8 / 255,
         alpha: float = 2 / 255, steps: int = 10, loss: str = "ce", kappa: float = 50.0,
@@ -52,7 +52,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float
     return x_adv
 
 
-@ATTACKS.register("cw-inf", eot="eot", white_box=True,
+@ATTACKS.register("cw-inf", eot="eot", steps="steps", white_box=True,
                   paper_defaults={"kappa": 50.0, "steps": 30, "alpha": None})  # alpha None = eps / 4
 def cw_inf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,
            steps: int = 30, alpha: float | None = None, kappa: float = 50.0,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
+
+from darht.evaluation.robustness import DEFAULT_EOT, judge, run_attack
+from darht.evaluation.verdict import is_randomized, score
+from darht.registry import ATTACKS
+
 
 def is_better(val: dict, best: dict, select_by: str = "robust") -> bool:
     """Checkpoint choice: higher validation robust accuracy, ties -> higher clean accuracy (or the
@@ -25,18 +28,9 @@ def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, *,
     its outputs vary): EOT `eot` (default 20) and the verdict rule over `draws` predictions, so
     the counts are expected numbers of correct predictions.
     """
-    from darht.evaluation.robustness import DEFAULT_EOT, judge, run_attack
-    from darht.evaluation.verdict import is_randomized, score
-    from darht.registry import ATTACKS
-
-    fn = ATTACKS.get(attack)
-    params = inspect.signature(fn).parameters
-    if "steps" in params:
-        kw = {"steps": steps}
-    elif attack.startswith(("apgd", "fab")) and steps > 0:  # pyautoattack: iterations are `n_iter`
-        kw = {"n_iter": steps}
-    else:
-        kw = {}
+    # the attack's own name for its iteration count (registry metadata `steps`: steps, n_iter, ...)
+    steps_key = ATTACKS.meta(attack).get("steps")
+    kw = {steps_key: steps} if steps_key and steps > 0 else {}
     was_training = model.training
     model.eval()
     clean = robust = 0.0
