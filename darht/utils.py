@@ -48,6 +48,26 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: str | Path, what: str = "JSON record") -> Any:
+    """The parsed JSON of a file the user named; any problem (a directory, missing, not UTF-8,
+    unreadable, invalid JSON) is one DarhtError line naming the file."""
+    p = Path(path)
+    if p.is_dir():
+        raise DarhtError(f"{p}: is a directory, not a {what} file")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise DarhtError(f"{what} not found: {p}") from None
+    except UnicodeDecodeError:
+        raise DarhtError(f"{p}: not UTF-8 text, so not a {what}") from None
+    except OSError as e:
+        raise DarhtError(f"{p}: cannot be read ({e.strerror})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DarhtError(f"{p}: not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps' -> a device that exists here (DarhtError otherwise)."""
     if name == "auto":

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from darht.errors import DarhtError
+from darht.utils import read_json
 
 WORST = "worst"
 NEED_TWO = "compare needs at least two methods (records or NAME=PATH groups)"
@@ -39,20 +40,7 @@ def _json_kind(value: Any) -> str:
 def read_record(path: str | Path) -> dict:
     """Read an evaluation record written by `darht evaluate --out`; any problem is one DarhtError line."""
     p = Path(path)
-    if p.is_dir():
-        raise DarhtError(f"{p}: is a directory, not an evaluation record file")
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise DarhtError(f"record not found: {p}") from None
-    except UnicodeDecodeError:
-        raise DarhtError(f"{p}: not UTF-8 text, so not a JSON evaluation record") from None
-    except OSError as e:
-        raise DarhtError(f"{p}: cannot be read ({e.strerror})") from None
-    try:
-        rec = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DarhtError(f"{p}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    rec = read_json(p, "evaluation record")
     if not isinstance(rec, dict):
         raise DarhtError(f"{p}: holds {_json_kind(rec)}, not an evaluation record (a JSON object)")
     kind = rec.get("kind", "evaluation")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from darht.errors import DarhtError
 from darht.report import plots, tables
-from darht.utils import atomic_write_text
+from darht.utils import atomic_write_text, read_json
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -18,7 +17,7 @@ def write_report(run_dir: str | Path) -> Path:
     out = run / "report"
     records = tables.load_records(records_dir)  # every record is read (and checked) before any write
     transfer_path = records_dir / "transfer.json"
-    transfer = _read_json(transfer_path) if transfer_path.is_file() else None
+    transfer = read_json(transfer_path, "transfer record") if transfer_path.is_file() else None
     if transfer is not None and not (isinstance(transfer, dict) and transfer.get("kind") == "transfer"):
         raise DarhtError(f"{transfer_path}: not a darht transfer record")
     out.mkdir(parents=True, exist_ok=True)
@@ -66,13 +65,6 @@ def write_report(run_dir: str | Path) -> Path:
     return out / "report.md"
 
 
-def _read_json(p: Path):
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise DarhtError(f"{p}: not valid UTF-8 JSON") from None
-
-
 def _fmt_pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
@@ -84,7 +76,7 @@ def _run_rows(run: Path, runs: dict[str, list[dict]]) -> list[str]:
         best = run / kind / name / "best.json"
         if not best.is_file():
             continue
-        info = _read_json(best)
+        info = read_json(best, "checkpoint sidecar")
         meta, spec = info.get("meta", {}), info.get("spec", {})
         arch = spec.get("name", "?")
         if arch == "darht-student":

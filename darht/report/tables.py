@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 from darht.errors import DarhtError
+from darht.utils import read_json
 
 
 def load_records(directory: str | Path) -> dict[str, dict]:
@@ -21,14 +21,7 @@ def load_records(directory: str | Path) -> dict[str, dict]:
         raise DarhtError(f"no records directory: {d}")
     out = {}
     for p in sorted(d.glob("*.json")):
-        if not p.is_file():
-            raise DarhtError(f"{p}: is a directory, not a record")
-        try:
-            rec = json.loads(p.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise DarhtError(f"{p}: not a UTF-8 text file") from None
-        except json.JSONDecodeError:
-            raise DarhtError(f"{p}: not valid JSON") from None
+        rec = read_json(p, "record")
         if isinstance(rec, dict) and rec.get("kind") == "evaluation":
             s = rec.get("summary")
             if not (isinstance(s, dict) and isinstance(s.get("robust"), dict) and isinstance(s.get("clean"), dict)
