@@ -206,11 +206,13 @@ def test_a_model_returning_probabilities_is_flagged(trained):
     assert not any("probabilities" in c for c in rec["checks"])
 
 
-def test_validation_with_an_autoattack_attack_uses_its_iterations(trained):
+@pytest.mark.parametrize("attack", ["apgd-ce", "square", "fgsm"])
+def test_validation_with_an_autoattack_attack_uses_its_iterations(trained, attack):
+    """eval.steps reaches each attack under its own keyword (steps, n_iter, n_queries; none for FGSM)."""
     from darht.engine.trainer import validate
 
     model, _ = trained
     data = load_dataset("synthetic", "test", **SYN)
-    clean, robust, n = validate(model, data.float_x()[:16], data.y[:16], "apgd-ce", eps=0.05, steps=3,
+    clean, robust, n = validate(model, data.float_x()[:16], data.y[:16], attack, eps=0.05, steps=3,
                                 batch_size=16, device=torch.device("cpu"))
     assert n == 16 and 0 <= robust <= clean <= 16
