@@ -24,7 +24,7 @@ from torch import nn
 
 from darht.attacks.pgd import pgd
 from darht.methods.darht import Darht
-from darht.methods.teachers import FrozenTeacher
+from darht.models.teachers import FrozenTeacher
 from darht.models import create_model
 from darht.models.student import DarhtStudent
 

@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from darht.attacks import fgsm, pgd
-from darht.evaluation.robustness import EvalSpec, evaluate
+from darht.evaluation.robustness import evaluate
+from darht.evaluation.spec import EvalSpec
 from darht.evaluation.verdict import score
 from darht.models import create_model
 from darht.models.student import DarhtStudent

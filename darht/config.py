@@ -21,7 +21,11 @@ from typing import Any, Literal
 import yaml
 
 from darht.errors import DarhtError
+from darht.methods.args import check_method_args
+from darht.methods.base import teacher_specs
+from darht.registry import ATTACKS, METHODS
 from darht.typecheck import _build
+from darht.utils import atomic_write_text
 
 Amp = Literal["none", "bf16", "fp16"]
 Schedule = Literal["multistep", "cosine", "warmup-multistep", "constant", "original"]
@@ -82,8 +86,9 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     method: str = "standard"
     method_args: dict[str, Any] = field(default_factory=dict)
-    teachers: list[str] = field(default_factory=list)         # checkpoint paths / model specs
-    teacher_natural: str | None = None                         # MTARD's natural teacher
+    # checkpoint paths / model specs: a list, or for a method with teacher roles (MTARD: adversarial,
+    # natural) a mapping role -> teacher (a list then gives them in the method's role order)
+    teachers: list[str] | dict[str, str] = field(default_factory=list)
     teacher_bf16: bool = False
     epochs: int = 10
     batch_size: int = 128
@@ -150,16 +155,21 @@ def make_config(raw: dict | None = None, overrides: list[str] = (), cls: type = 
     for o in overrides:
         keys, value = parse_override(o)
         set_path(raw, keys, value)
+    if cls is TrainConfig and "teacher_natural" in raw:
+        raise DarhtError("config: teacher_natural was replaced by teacher roles: write "
+                         "teachers: {adversarial: A, natural: B} (or the list [A, B])")
     return _build(cls, raw)
 
 
 def check_run(cfg: TrainConfig) -> None:
     """What a TrainConfig names in the registries, checked without building anything: the method,
-    its method_args (names and types) and the validation attack. Call before loading data."""
-    from darht.methods._args import check_method_args
-    from darht.registry import ATTACKS, METHODS
-
-    check_method_args(METHODS.get(cfg.method), cfg.method_args)
+    its method_args (names and types), its teachers (how many, which roles) and the validation
+    attack; and every value again, for a config built in Python rather than by `make_config`.
+    Call before loading data."""
+    _build(type(cfg), to_dict(cfg))
+    method = METHODS.get(cfg.method)
+    check_method_args(method, cfg.method_args)
+    teacher_specs(method, cfg.teachers)
     ATTACKS.get(cfg.eval.attack)
 
 
@@ -168,6 +178,4 @@ def to_dict(cfg: Any) -> dict:
 
 
 def dump_yaml(cfg: Any, path: str | Path) -> None:
-    from darht.utils import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,5 +1,6 @@
 """Value ranges: `Bound`, and `CONSTRAINTS`, the one table of the config dataclasses' ranges
-("Class.field" -> Bound; every entry named `eps`, anywhere, is in [0, 1]).
+("Class.field" -> Bound; every entry named `eps`, anywhere, is in [0, 1]). A method's `Args`
+dataclass declares its ranges on its own fields instead (darht.methods.args.arg).
 
 Used by the type walker (darht.typecheck) when a config is built, and by the attack-argument
 checks (darht.attacks.args).
@@ -88,7 +89,7 @@ def between(low: float, high: float, high_open: bool = False) -> Bound:
 EPS_BOUND = between(0, 1)
 
 # "Class.field" -> its bound; applied to the values a config gives (defaults are trusted), to
-# each element of a list field. EvalSpec is darht.evaluation.robustness.EvalSpec.
+# each element of a list field. EvalSpec is darht.evaluation.spec.EvalSpec.
 CONSTRAINTS: dict[str, Bound] = {
     "TrainConfig.epochs": at_least(1),
     "TrainConfig.batch_size": at_least(1),
@@ -119,6 +120,9 @@ CONSTRAINTS: dict[str, Bound] = {
 
 
 def bound_for(cls: type, key: str) -> Bound | None:
-    """The constraint on field `key` of dataclass `cls` (the eps rule for any field named eps)."""
-    bound = CONSTRAINTS.get(f"{cls.__name__}.{key}")
+    """The constraint on field `key` of dataclass `cls`: the field's own (`metadata["bound"]`, as a
+    method's Args declares it), else CONSTRAINTS' entry, else the eps rule for a field named eps."""
+    f = getattr(cls, "__dataclass_fields__", {}).get(key)
+    bound = f.metadata.get("bound") if f is not None else None
+    bound = bound or CONSTRAINTS.get(f"{cls.__name__}.{key}")
     return EPS_BOUND if bound is None and key == "eps" else bound

@@ -17,10 +17,19 @@ from typing import Any
 
 import torch
 
-from darht.config import DataConfig, _build, load_yaml, make_config
-from darht.errors import DarhtError
 from darht.attacks.args import check_attack_args, check_attack_args_map
+from darht.config import DataConfig, _build, check_run, load_yaml, make_config
+from darht.data import load_dataset
+from darht.engine.trainer import train
+from darht.errors import DarhtError
+from darht.evaluation.records import data_info, evaluation_record, model_info, transfer_record
+from darht.evaluation.robustness import evaluate
+from darht.evaluation.spec import EvalSpec
+from darht.evaluation.transfer import student_transfer, transfer_matrix
+from darht.models.io import load_model, read_meta
+from darht.models.teachers import load_attackable
 from darht.registry import ATTACKS
+from darht.report.build import write_report
 from darht.utils import atomic_write_json, git_revision, resolve_device
 
 
@@ -63,18 +72,13 @@ class Pipeline:
 
     def check(self) -> None:
         """Build every stage's config before any work, so a typo fails in a second, not in hour two."""
-        from darht.config import check_run
-
         for name, spec in self.cfg.teachers.items():
             if "checkpoint" not in spec:
-                check_run(self._train_cfg(spec, self.out / "teachers" / name, [], None))
+                check_run(self._train_cfg(spec, self.out / "teachers" / name, []))
         for name, spec in self.cfg.students.items():
-            teachers = [self.teacher_path(t) for t in spec.get("teachers", [])]
-            if not teachers:
+            if not self.teacher_names(spec):
                 raise DarhtError(f"student '{name}' names no teachers")
-            natural = spec.get("teacher_natural")
-            check_run(self._train_cfg(spec, self.out / "students" / name, teachers,
-                                      self.teacher_path(natural) if natural else None))
+            check_run(self._train_cfg(spec, self.out / "students" / name, self.student_teachers(spec)))
         for name, spec in self.cfg.teachers.items():
             if "checkpoint" in spec and not Path(spec["checkpoint"]).exists() and "=" not in spec["checkpoint"]:
                 raise DarhtError(f"teacher '{name}': checkpoint not found: {spec['checkpoint']}")
@@ -113,7 +117,6 @@ class Pipeline:
         return t
 
     def eval_spec(self):
-        from darht.evaluation.robustness import EvalSpec
 
         spec_raw = {k: v for k, v in self.cfg.evaluation.items() if k != "split"}
         spec_raw.setdefault("progress", self.cfg.progress)
@@ -121,8 +124,6 @@ class Pipeline:
 
     # -- data: fall back (with a notice) when the configured data set is not installed
     def _choose_data(self) -> DataConfig:
-        from darht.data import load_dataset
-
         data = self.cfg.data
         try:
             load_dataset(data.name, "test", data.root, **data.kwargs)
@@ -134,13 +135,29 @@ class Pipeline:
             return DataConfig(**{**asdict(data), "name": self.cfg.fallback_data, "root": None,
                                  "kwargs": dict(self.cfg.fallback_data_kwargs)})
 
-    def _train_cfg(self, stage: dict, out: Path, teachers: list[str], natural: str | None):
+    def _train_cfg(self, stage: dict, out: Path, teachers: list[str] | dict[str, str]):
+        if "teacher_natural" in stage:
+            raise DarhtError("config: teacher_natural was replaced by teacher roles: write "
+                             "teachers: {adversarial: A, natural: B} (or the list [A, B])")
         stage = {"method": "darht", **stage} if teachers else stage  # a student's default method
-        raw = _merge(self.cfg.train, {k: v for k, v in stage.items() if k not in ("teachers", "teacher_natural")})
+        raw = _merge(self.cfg.train, {k: v for k, v in stage.items() if k != "teachers"})
         raw = _merge(raw, {"data": asdict(self.data), "out": str(out), "seed": raw.get("seed", self.cfg.seed),
                            "device": self.cfg.device, "progress": self.cfg.progress,
-                           "teachers": teachers, "teacher_natural": natural})
+                           "teachers": teachers})
         return make_config(raw)
+
+    @staticmethod
+    def teacher_names(spec: dict) -> list[str]:
+        """The teachers a student stage names: a list, or the values of a mapping role -> name."""
+        teachers = spec.get("teachers") or []
+        return list(teachers.values()) if isinstance(teachers, dict) else list(teachers)
+
+    def student_teachers(self, spec: dict) -> list[str] | dict[str, str]:
+        """A student stage's teachers as paths, in the form the stage gives them (list or roles)."""
+        teachers = spec.get("teachers") or []
+        if isinstance(teachers, dict):
+            return {role: self.teacher_path(t) for role, t in teachers.items()}
+        return [self.teacher_path(t) for t in teachers]
 
     def teacher_path(self, name: str) -> str:
         spec = self.cfg.teachers.get(name)
@@ -152,35 +169,23 @@ class Pipeline:
 
     # -- stages
     def run_teachers(self) -> None:
-        from darht.engine.trainer import train
-
         for name, spec in self.cfg.teachers.items():
             if "checkpoint" in spec:
                 self.log(f"[teacher {name}] using {spec['checkpoint']}")
                 continue
             self.log(f"[teacher {name}] training")
-            train(self._train_cfg(spec, self.out / "teachers" / name, [], None), resume=True)
+            train(self._train_cfg(spec, self.out / "teachers" / name, []), resume=True)
 
     def run_students(self) -> None:
-        from darht.engine.trainer import train
-
         for name, spec in self.cfg.students.items():
-            teachers = [self.teacher_path(t) for t in spec.get("teachers", [])]
-            natural = spec.get("teacher_natural")
-            natural = self.teacher_path(natural) if natural else None
-            self.log(f"[student {name}] {spec.get('method', 'darht')} from {', '.join(spec.get('teachers', []))}")
-            train(self._train_cfg(spec, self.out / "students" / name, teachers, natural), resume=True)
+            self.log(f"[student {name}] {spec.get('method', 'darht')} from {', '.join(self.teacher_names(spec))}")
+            train(self._train_cfg(spec, self.out / "students" / name, self.student_teachers(spec)), resume=True)
 
     def _test_data(self):
-        from darht.data import load_dataset
-
         d = self.data
         return load_dataset(d.name, "test", d.root, **d.kwargs)
 
     def run_evaluation(self) -> None:
-        from darht.evaluation.robustness import evaluate
-        from darht.models.io import load_model
-
         spec = self.eval_spec()
         data = self._test_data()
         device = resolve_device(self.cfg.device)
@@ -195,16 +200,12 @@ class Pipeline:
             self.log(f"[evaluate {name}]")
             torch.manual_seed(spec.seed)
             model = load_model(run_dir)
-            rec = evaluate(model, data.float_x(), data.y, spec, device)
-            rec = {"kind": "evaluation", "model": {"checkpoint": str(run_dir), "spec": getattr(model, "spec", None)},
-                   "data": {"name": self.data.name, "split": "test", "size": len(data)}, "git": git_revision(), **rec}
+            rec = evaluation_record(evaluate(model, data.float_x(), data.y, spec, device), spec=spec,
+                                    model=model_info(run_dir, model, read_meta(run_dir)),
+                                    data=data_info(self.data.name, "test", len(data)), stage="evaluation")
             atomic_write_json(path, rec)
 
     def run_transfer(self) -> None:
-        from darht.evaluation.transfer import student_transfer, transfer_matrix
-        from darht.methods.teachers import load_attackable
-        from darht.models.io import load_model
-
         if self.cfg.transfer is None:
             return
         path = self.out / "records" / "transfer.json"
@@ -212,6 +213,7 @@ class Pipeline:
             self.log("[transfer] record exists, skipped")
             return
         self.log("[transfer]")
+        start = time.time()
         t = dict(self.cfg.transfer)
         kw = {"attack": t.get("attack", "pgd"), "eps": float(t.get("eps", 8 / 255)), "n": t.get("n", 1000),
               "attack_args": t.get("attack_args"), "seed": self.cfg.seed, "draws": int(t.get("draws", 20))}
@@ -226,17 +228,22 @@ class Pipeline:
                                              img_size=h)
             return load[name]
 
-        rec: dict[str, Any] = {"kind": "transfer", "students": {}, **kw}
+        result: dict[str, Any] = {"students": {}}
+        infos: dict[str, dict] = {"students": {}, "teachers": {}}
         for sname, spec in self.cfg.students.items():
-            names = list(spec.get("teachers", []))
+            names = self.teacher_names(spec)
             if not names:
                 continue
             torch.manual_seed(self.cfg.seed)
             student = load_model(self.out / "students" / sname).eval()
-            rec["students"][sname] = student_transfer(student, {n: teacher(n) for n in names}, x, y, **kw)
+            infos["students"][sname] = model_info(self.out / "students" / sname, student)
+            result["students"][sname] = student_transfer(student, {n: teacher(n) for n in names}, x, y, **kw)
         if len(self.cfg.teachers) >= 2:
             torch.manual_seed(self.cfg.seed)
-            rec["teacher_matrix"] = transfer_matrix({n: teacher(n) for n in self.cfg.teachers}, x, y, **kw)
+            result["teacher_matrix"] = transfer_matrix({n: teacher(n) for n in self.cfg.teachers}, x, y, **kw)
+        infos["teachers"] = {n: model_info(self.teacher_path(n), m) for n, m in load.items()}
+        rec = transfer_record(result, settings=kw, models=infos, data=data_info(self.data.name, "test", len(data)),
+                              wall_time_s=time.time() - start, stage="transfer")
         atomic_write_json(path, rec)
 
     def run(self) -> Path:
@@ -246,8 +253,6 @@ class Pipeline:
         self.run_students()
         self.run_evaluation()
         self.run_transfer()
-        from darht.report.build import write_report
-
         report = write_report(self.out)
         status = {"name": self.cfg.name, "data": self.data.name, "git": git_revision(),
                   "wall_time_s_this_invocation": round(time.time() - start, 1), "command": " ".join(sys.argv)}

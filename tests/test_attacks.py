@@ -460,22 +460,3 @@ def test_attacks_run_in_fp32_inside_an_autocast_region(attack):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         amp = fn(model, x, y, eps=0.03, **kw)
     assert amp.dtype == torch.float32 and torch.equal(amp, ref)
-
-
-@pytest.mark.parametrize("name", sorted(__import__("darht.registry", fromlist=["ATTACKS"]).ATTACKS.names()))
-def test_every_attack_matches_its_registered_metadata(name):
-    """What the registry says of an attack is true of it: a new attack that forgets or misstates
-    a fact fails here (EOT keyword accepted, paper defaults accepted, white-box flag a bool)."""
-    from darht.attacks.args import check_attack_args
-    from darht.registry import ATTACKS
-
-    meta = ATTACKS.meta(name)
-    assert isinstance(meta.get("white_box"), bool), f"{name}: register white_box=True/False"
-    assert "paper_defaults" in meta, f"{name}: register paper_defaults"
-    check_attack_args(name, meta.get("paper_defaults") or {})
-    if meta.get("eot"):
-        check_attack_args(name, {meta["eot"]: 3})
-    if meta.get("steps"):  # the keyword validation during training sets eval.steps through
-        check_attack_args(name, {meta["steps"]: 3})
-    if meta.get("strongest") is not None:
-        assert callable(meta["strongest"]) and "min_classes" in meta

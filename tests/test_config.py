@@ -3,8 +3,10 @@ YAML file and from `--set` alike; method and attack arguments are checked withou
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -13,9 +15,9 @@ from darht.attacks import PAPER_DEFAULTS
 from darht.attacks.args import attack_arg_types, check_attack_args, check_attack_args_map
 from darht.config import EvalConfig, OptimConfig, TrainConfig, _build, load_yaml, make_config, to_dict
 from darht.errors import DarhtError
-from darht.constraints import CONSTRAINTS
-from darht.evaluation.robustness import EvalSpec
-from darht.methods._args import accepted_args, check_method_args
+from darht.constraints import CONSTRAINTS, at_least
+from darht.evaluation.spec import EvalSpec
+from darht.methods.args import ArgError, accepted_args, arg, arg_defaults, check_method_args
 from darht.pipeline import Pipeline, PipelineConfig, load_pipeline
 from darht.registry import ATTACKS, METHODS
 
@@ -75,7 +77,8 @@ BAD = [
     ("seed", "abc", "seed must be an integer"),
     ("method", "null", "method may not be null"),
     ("device", "[cpu]", "device must be a string"),
-    ("teachers", "{a: 1}", "teachers must be a list"),
+    ("teachers", "3", "teachers must be a list or a mapping"),
+    ("teachers", "{a: [1]}", "teachers.a must be a string"),
     ("data", "3", "data must be a mapping"),
     ("optim", "[1, 2]", "optim must be a mapping"),
     ("method_args", "{eps: 2}", "method_args.eps must be in [0, 1], got 2"),
@@ -285,8 +288,7 @@ def test_eval_spec_good_values():
 
 # ---- method arguments -------------------------------------------------------------------------
 def _defaults(cls) -> dict:
-    params = inspect.signature(cls.__init__).parameters
-    return {n: params[n].default for n in accepted_args(cls)}
+    return arg_defaults(cls)
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -345,16 +347,30 @@ def test_bad_method_args(method, args, words):
 
 
 def test_method_args_are_checked_without_constructing_the_method():
+    @dataclasses.dataclass(frozen=True)
+    class UnbuildableArgs:
+        k: int = arg(1, at_least(0))
+        rate: float = 0.5
+        flag: bool = False
+        mode: str = "a"
+        extra: Any = None
+
+        def __post_init__(self):
+            if self.mode == "never":
+                raise ArgError("mode may not be 'never'")
+
     class Unbuildable:
         name = "unbuildable"
+        Args = UnbuildableArgs
 
-        def __init__(self, model, teachers=None, *, k=1, rate=0.5, flag=False, mode="a", extra=None, **unknown):
+        def __init__(self, model, teachers=None, **method_args):
             raise AssertionError("constructed")
 
     check_method_args(Unbuildable, {"k": 3, "rate": 1, "flag": True, "mode": "b", "extra": [1, 2]})
     for args, words in [({"k": 1.5}, "method_args.k must be an integer"), ({"rate": "x"}, "rate must be a number"),
                         ({"flag": "x"}, "flag must be true or false"), ({"mode": [1]}, "mode must be a string"),
-                        ({"other": 1}, "unknown argument(s) other")]:
+                        ({"other": 1}, "unknown argument(s) other"), ({"k": -1}, "method_args.k must be >= 0"),
+                        ({"mode": "never"}, "mode may not be 'never'")]:
         with pytest.raises(DarhtError) as e:
             check_method_args(Unbuildable, args)
         assert words in one_line(e) and "method 'unbuildable'" in str(e.value)

@@ -14,7 +14,7 @@ from darht.methods import ard as ard_mod
 from darht.methods import mtard as mtard_mod
 from darht.methods import rslad as rslad_mod
 from darht.methods.darht import Darht, DarhtOfficial, official_phase
-from darht.methods.teachers import FrozenTeacher, load_teacher
+from darht.models.teachers import FrozenTeacher, load_teacher
 from darht.models import create_model, is_randomized
 from darht.models.student import DarhtStudent
 from darht.registry import METHODS

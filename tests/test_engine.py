@@ -20,6 +20,7 @@ import yaml
 from darht.config import OptimConfig, make_config
 from darht.engine import checkpoint as ckpt
 from darht.engine.schedules import LRSchedule, lr_factor
+from darht.methods.base import OriginalSchedule
 from darht.engine.trainer import is_better, train, validate
 from darht.errors import DarhtError
 
@@ -57,23 +58,23 @@ def lines(run: Path) -> list[dict]:
 def test_schedules_match_formulas():
     ms = OptimConfig(schedule="multistep", milestones=[0.5, 0.75], gamma=0.1)
     # fractions of 10 epochs -> decays from epoch 5 and from epoch 7.5 (i.e. epoch 8) on
-    assert [lr_factor(ms, 10, e) for e in range(10)] == pytest.approx([1] * 5 + [0.1] * 3 + [0.01] * 2)
+    assert [lr_factor(ms, e, 10) for e in range(10)] == pytest.approx([1] * 5 + [0.1] * 3 + [0.01] * 2)
     ab = OptimConfig(schedule="multistep", milestones=[60, 80], gamma=0.2)
     for e in (0, 59, 60, 79, 80, 99):
-        assert lr_factor(ab, 100, e) == pytest.approx(0.2 ** ((e >= 60) + (e >= 80)))
+        assert lr_factor(ab, e, 100) == pytest.approx(0.2 ** ((e >= 60) + (e >= 80)))
     cos = OptimConfig(schedule="cosine")
     for e in range(12):
-        assert lr_factor(cos, 12, e) == pytest.approx(0.5 * (1 + math.cos(math.pi * e / 12)))
-    assert lr_factor(OptimConfig(schedule="constant"), 5, 4) == 1.0
+        assert lr_factor(cos, e, 12) == pytest.approx(0.5 * (1 + math.cos(math.pi * e / 12)))
+    assert lr_factor(OptimConfig(schedule="constant"), 4, 5) == 1.0
     # the paper's Tiny ImageNet schedule: linear warm-up to the base lr by epoch 20, x0.1 at 60 and 80
     wm = OptimConfig(schedule="warmup-multistep", warmup_epochs=20, milestones=[60, 80], gamma=0.1)
     iters = 7
     for e in (0, 3, 19):
         for it in (0, 3, 6):
-            assert lr_factor(wm, 100, e, it, iters) == pytest.approx((e * iters + it + 1) / (20 * iters))
-    assert lr_factor(wm, 100, 0, 0, iters) > 0  # never an lr of 0
-    assert lr_factor(wm, 100, 19, 6, iters) == pytest.approx(1.0)
-    assert [lr_factor(wm, 100, e, 0, iters) for e in (20, 59, 60, 80)] == pytest.approx([1, 1, 0.1, 0.01])
+            assert lr_factor(wm, e, 100, it, iters) == pytest.approx((e * iters + it + 1) / (20 * iters))
+    assert lr_factor(wm, 0, 100, 0, iters) > 0  # never an lr of 0
+    assert lr_factor(wm, 19, 100, 6, iters) == pytest.approx(1.0)
+    assert [lr_factor(wm, e, 100, 0, iters) for e in (20, 59, 60, 80)] == pytest.approx([1, 1, 0.1, 0.01])
 
 
 def test_lr_schedule_sets_optimizer_and_rejects_bad_names():
@@ -82,7 +83,8 @@ def test_lr_schedule_sets_optimizer_and_rejects_bad_names():
     sched = LRSchedule(opt, OptimConfig(schedule="cosine"), epochs=4, iters=3)
     sched.set(2, 1)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.4 * 0.5 * (1 + math.cos(math.pi * 2 / 4)))
-    original = {"epochs": 10, "milestones": [5], "lr_factors": [0.1]}
+    original = OriginalSchedule(epochs=10, lr=0.1, momentum=0.9, weight_decay=0.0, batch_size=8,
+                                milestones=(5,), lr_factors=(0.1,), source="a test")
     osched = LRSchedule(opt, OptimConfig(schedule="original"), epochs=20, iters=1, original=original)
     assert [osched.factor(e) for e in (9, 10)] == pytest.approx([1.0, 0.1])  # milestone 5 of 10 -> 10 of 20
     with pytest.raises(DarhtError):
@@ -151,7 +153,7 @@ def untrained_robust(cfg) -> float:
     return robust / n
 
 
-def test_pgd_at_learns_and_writes_a_run(tmp_path):
+def test_pgd_at_learns_and_writes_a_run(monkeypatch, tmp_path):
     cfg = cfg_for(tmp_path / "run", epochs=2)
     before = untrained_robust(cfg)
     summary = train(cfg)
@@ -181,10 +183,10 @@ def test_pgd_at_learns_and_writes_a_run(tmp_path):
     assert best_w.keys() == state["model"].keys()
     with pytest.raises(DarhtError):  # a second run into the same directory would clobber it
         train(cfg)
-    # model.weights: a new run starts from the exported best weights (lr 0: parameters stay put)
+    # model.weights: a new run starts from the exported best weights (no optimizer step: they stay put)
     cont = cfg_for(tmp_path / "cont", epochs=1, method="standard", method_args={},
                    model={"weights": str(run)})
-    cont.optim.lr = 0.0  # a config may not say lr 0 (optim.lr > 0): set on the built config
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, closure=None: None)
     train(cont)
     after = load_model(tmp_path / "cont" / "last.safetensors")
     for name, p in after.named_parameters():
@@ -269,15 +271,15 @@ DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 from darht.config import load_yaml, make_config
 from darht.engine.trainer import train
-from darht.engine import distributed as ddp, trainer
+from darht.engine import distributed as ddp, rundir, trainer
 
 cfg = make_config(load_yaml(sys.argv[1]))
 seen = {}
-orig = trainer._Run._save
+orig = rundir.RunDir.save
 def keep(self, *a, **kw):  # rank 0 only writes; remember that it did
     seen["saved"] = True
     return orig(self, *a, **kw)
-trainer._Run._save = keep
+rundir.RunDir.save = keep
 orig_epoch = trainer._Run._epoch
 def grab(self, epoch):
     orig_epoch(self, epoch)

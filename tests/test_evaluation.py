@@ -12,7 +12,8 @@ from darht.attacks.fgsm import fgsm
 from darht.cli import main
 from darht.data import load_dataset
 from darht.evaluation.checks import sanity_checks
-from darht.evaluation.robustness import EvalSpec, Resolved, evaluate, summarize, trial_indices
+from darht.evaluation.robustness import evaluate, summarize
+from darht.evaluation.spec import EvalSpec, Resolved, trial_indices
 from darht.evaluation.transfer import select_teachers
 from darht.models import create_model
 from darht.models.io import load_model, save_model

@@ -14,8 +14,8 @@ from darht.attacks.fat import fat_pgd
 from darht.attacks.pgd import pgd
 from darht.attacks.trades import trades_pgd
 from darht.errors import DarhtError
-from darht.methods.schedules import (FAT_TAU, FAT_TRADES_TAU, StepSchedule, lr_factor,
-                                     parse_step_schedule)
+from darht.methods.args import FAT_TAU, FAT_TRADES_TAU, StepSchedule, parse_step_schedule
+from darht.methods.base import OriginalSchedule
 from darht.registry import METHODS
 
 AT_METHODS = ["standard", "pgd-at", "trades", "fat", "fat-trades"]
@@ -316,12 +316,12 @@ def test_step_schedule_scaling_fractions_and_absolute():
 
 
 def test_parse_step_schedule():
-    assert parse_step_schedule("fat", "tau_schedule", "dynamic", FAT_TAU).points == FAT_TAU
-    s = parse_step_schedule("fat", "tau_schedule", [[2, 0], [4, 5]], FAT_TAU, scale=False)
+    assert parse_step_schedule("tau_schedule", "dynamic", FAT_TAU).points == FAT_TAU
+    s = parse_step_schedule("tau_schedule", [[2, 0], [4, 5]], FAT_TAU, scale=False)
     assert [s(e, 10) for e in range(5)] == [0, 0, 5, 5, 5]
     for bad in ("static", [], [[2, 0], [1, 1]], [[2, -1]], [[2, 0.5]], [[0, 1]], [3, 1]):
         with pytest.raises(DarhtError, match="tau_schedule"):
-            parse_step_schedule("fat", "tau_schedule", bad, FAT_TAU)
+            parse_step_schedule("tau_schedule", bad, FAT_TAU)
 
 
 def test_custom_tau_schedule_through_method(batch, monkeypatch):
@@ -340,16 +340,19 @@ def test_original_lr_schedules():
         return 0.005 if e >= 110 else 0.01 if e >= 90 else 0.1 if e >= 60 else 1.0
 
     fat = METHODS.get("fat").original_schedule
-    assert [lr_factor(fat, e, 120) for e in range(120)] == [fat_lr(e + 1) for e in range(120)]
+    assert [fat.lr_factor(e, 120) for e in range(120)] == [fat_lr(e + 1) for e in range(120)]
     trades = METHODS.get("trades").original_schedule
-    assert trades["epochs"] == 76
-    assert [lr_factor(trades, e, 76) for e in range(76)] == [0.1 if e + 1 >= 75 else 1.0 for e in range(76)]
+    assert trades.epochs == 76
+    assert [trades.lr_factor(e, 76) for e in range(76)] == [0.1 if e + 1 >= 75 else 1.0 for e in range(76)]
     # 12 epochs: milestones 59, 89, 109 of 120 become 5.9, 8.9, 10.9
-    assert [lr_factor(fat, e, 12) for e in range(12)] == [1.0] * 6 + [0.1] * 3 + [0.01] * 2 + [0.005]
+    assert [fat.lr_factor(e, 12) for e in range(12)] == [1.0] * 6 + [0.1] * 3 + [0.01] * 2 + [0.005]
     for name in AT_METHODS:
         s = METHODS.get(name).original_schedule
-        assert len(s["milestones"]) == len(s["lr_factors"]) and max(s["milestones"]) < s["epochs"]
-        assert {"lr", "momentum", "weight_decay", "batch_size", "source"} <= set(s)
+        assert len(s.milestones) == len(s.lr_factors) and max(s.milestones) < s.epochs
+        assert s.lr > 0 and 0 <= s.momentum < 1 and s.weight_decay >= 0 and s.batch_size >= 1 and s.source
+    with pytest.raises(ValueError):  # a factor without its milestone cannot be declared
+        OriginalSchedule(epochs=10, lr=0.1, momentum=0.9, weight_decay=0, batch_size=8, milestones=(5,),
+                         lr_factors=(), source="x")
 
 
 # ---------------------------------------------------------------- modes and arguments
@@ -372,7 +375,7 @@ def test_train_mode_restored_and_attack_in_eval(name, batch):
 
 
 @pytest.mark.parametrize("name,args,match", [
-    ("pgd-at", {"eps": -0.1}, "eps must be >= 0"),
+    ("pgd-at", {"eps": -0.1}, "eps must be in \\[0, 1\\]"),
     ("pgd-at", {"steps": -1}, "steps must be >= 0"),
     ("pgd-at", {"steps": 2.5}, "steps must be an integer"),
     ("trades", {"beta": -1}, "beta must be >= 0"),
@@ -380,7 +383,7 @@ def test_train_mode_restored_and_attack_in_eval(name, batch):
     ("trades", {"beta": True}, "beta must be a number"),
     ("fat", {"tau": -1}, "tau must be >= 0"),
     ("fat", {"omega": -0.1}, "omega must be >= 0"),
-    ("fat", {"alpha": float("nan")}, "alpha must be finite"),
+    ("fat", {"alpha": float("nan")}, "alpha must be a finite number"),
     ("fat", {"tau_schedule": "fixed"}, "tau_schedule must be 'dynamic'"),
     ("fat", {"tau": 1, "tau_schedule": [[1, 0]]}, "either a fixed tau or a tau_schedule"),
     ("fat", {"scale_schedule": "maybe"}, "scale_schedule must be true or false"),
@@ -411,6 +414,6 @@ def test_teachers_refused(name):
 
 def test_numbers_from_yaml_strings():
     m = build("pgd-at", Tiny(), eps="8/255", alpha="0.5/255", steps="3")
-    assert m.eps == pytest.approx(8 / 255) and m.alpha == pytest.approx(0.5 / 255) and m.steps == 3
-    assert isinstance(m.steps, int)
+    assert m.args.eps == pytest.approx(8 / 255) and m.args.alpha == pytest.approx(0.5 / 255) and m.args.steps == 3
+    assert isinstance(m.args.steps, int)
     assert build("fat", Tiny(), scale_schedule="false").schedule.scale is False

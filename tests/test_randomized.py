@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from darht.attacks.core import logits_and_input_grad
 from darht.evaluation import robustness
-from darht.evaluation.robustness import EvalSpec, evaluate
+from darht.evaluation.robustness import evaluate
+from darht.evaluation.spec import DEFAULT_ATTACKS, EvalSpec
 from darht.evaluation.verdict import is_randomized, score
 from darht.models import create_model
 from darht.registry import ATTACKS
@@ -169,7 +170,7 @@ def test_ensembles_keep_pyautoattack_verdict_and_score_all_members():
     # the default attack list of a randomized model adds APGD-DLR; EOT defaults to 20
     res = robustness.resolve(EvalSpec(), True, 4)
     assert "apgd-dlr" in res.attacks and res.eot == 20 and res.draws == 20
-    assert robustness.resolve(EvalSpec(), False, 4).attacks == robustness.DEFAULT_ATTACKS
+    assert robustness.resolve(EvalSpec(), False, 4).attacks == DEFAULT_ATTACKS
 
 
 def test_head_only_eot_equals_full_passes_with_the_same_masks():

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from darht.attacks import autoattack
 from darht.constraints import Bound, at_least
 from darht.typecheck import coerce, keyword_types
 from darht.errors import DarhtError
@@ -59,8 +60,6 @@ def _is_tensor(hint: Any) -> bool:
 def attack_arg_types(name: str) -> tuple[dict[str, Any], bool]:
     """(argument -> expected type, open) for the registered attack `name`; `open` is True for an
     attack taking `**kw` whose names are not known here (then any other name passes)."""
-    from darht.attacks import autoattack
-
     fn = ATTACKS.get(name)
     types, var_kw = keyword_types(fn, skip=(*_INPUTS, "eps"))
     out = {k: t for k, t in types.items() if not _is_tensor(t)}

@@ -18,7 +18,8 @@ from darht.errors import DarhtError
 from darht.registry import ATTACKS
 
 
-@ATTACKS.register("fat-pgd", steps="steps", white_box=True, paper_defaults={})
+@ATTACKS.register("fat-pgd", steps="steps", white_box=True, paper_defaults={},
+                  training={"eps": 0.031, "alpha": 0.007, "start": "uniform", "omega": 0.001})  # FAT.py
 def fat_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255,
             alpha: float = 2 / 255, steps: int = 10, tau: int = 0, omega: float = 0.001,
             loss: str = "ce", start: str = "uniform", sigma: float = 0.001,

@@ -30,6 +30,7 @@ def make_loss(loss: str, y: torch.Tensor | None, kappa: float = 50.0,
 
 
 @ATTACKS.register("pgd", eot="eot", steps="steps", white_box=True,
+                  training={"eps": 8 / 255, "alpha": 2 / 255, "start": "uniform"},  # PGD-AT (Madry et al.)
                   paper_defaults={"steps": 10, "alpha": 2 / 255, "loss": "ce", "start": "normal", "sigma": 0.001})
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, eps: float = 8 / 255,
         alpha: float = 2 / 255, steps: int = 10, loss: str = "ce", kappa: float = 50.0,

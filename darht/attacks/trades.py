@@ -9,7 +9,8 @@ from darht.attacks.pgd import pgd
 from darht.registry import ATTACKS
 
 
-@ATTACKS.register("trades-pgd", steps="steps", white_box=True, paper_defaults={})
+@ATTACKS.register("trades-pgd", steps="steps", white_box=True, paper_defaults={},
+                  training={"eps": 0.031, "alpha": 0.007})  # train_trades_cifar10.py
 def trades_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *,
                eps: float = 0.031, alpha: float = 0.007, steps: int = 10,
                sigma: float = 0.001) -> torch.Tensor:

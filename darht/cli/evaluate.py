@@ -17,23 +17,23 @@ from darht.errors import DarhtError
 
 
 def load_eval_model(args: argparse.Namespace, num_classes: int, in_chans: int, img_size: int):
+    """(model, its record entry: darht.evaluation.records.model_info)."""
+    from darht.evaluation.records import model_info
     from darht.models.io import load_model, read_meta
 
     if args.checkpoint:
         model = load_model(args.checkpoint, name=args.model)
-        meta = read_meta(args.checkpoint)
-        return model, {"checkpoint": str(args.checkpoint), "spec": meta.get("spec", getattr(model, "spec", None)),
-                       **meta.get("meta", {})}
+        return model, model_info(args.checkpoint, model, read_meta(args.checkpoint))
     if args.model and args.weights:
         model = load_model(args.weights, name=args.model, num_classes=num_classes, in_chans=in_chans,
                            img_size=img_size)
-        return model, {"checkpoint": str(args.weights), "name": args.model}
+        return model, model_info(args.weights, model, name=args.model)
     if args.model:
         from darht.models import create_model
 
         print(f"note: no weights given: evaluating a randomly initialised {args.model}", file=sys.stderr)
-        return create_model(args.model, num_classes=num_classes, in_chans=in_chans, img_size=img_size), \
-            {"name": args.model, "checkpoint": None}
+        model = create_model(args.model, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+        return model, model_info(None, model, name=args.model)
     raise DarhtError("evaluate needs --checkpoint PATH, or --model NAME [--weights PATH]")
 
 
@@ -50,10 +50,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from darht.data import load_dataset
-    from darht.evaluation.robustness import EvalSpec, evaluate
+    from darht.evaluation.records import data_info, evaluation_record
+    from darht.evaluation.robustness import evaluate
+    from darht.evaluation.spec import EvalSpec
     from darht.report.tables import markdown_table, sweep_markdown
     from darht.registry import ATTACKS
-    from darht.utils import check_output, git_revision, resolve_device
+    from darht.utils import check_output, resolve_device
 
     attacks = [a for a in args.attacks.split(",") if a] if args.attacks is not None else None
     for name in attacks or []:
@@ -76,9 +78,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     faces=args.mode is None, progress=not args.no_progress)
     torch.manual_seed(args.seed)
     x = data.float_x()
-    record = evaluate(model, x, data.y, spec, device)
-    record = {"kind": "evaluation", "model": meta, "data": {"name": args.data, "split": args.split,
-              "size": len(data)}, "git": git_revision(), "command": " ".join(sys.argv), **record}
+    record = evaluation_record(evaluate(model, x, data.y, spec, device), spec=spec, model=meta,
+                               data=data_info(args.data, args.split, len(data)))
     title = f"{meta.get('checkpoint') or meta.get('name')} on {args.data}/{args.split}: eps={args.eps:.4f}, " \
             f"n={record['n']}, trials={args.trials}"
     if record["randomized"]:
@@ -111,16 +112,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
+    import time
+
     import torch
 
     from darht.data import load_dataset
+    from darht.evaluation.records import data_info, model_info, transfer_record
     from darht.evaluation.transfer import select_teachers, student_transfer, transfer_matrix
-    from darht.methods.teachers import load_attackable
     from darht.models.io import load_model
+    from darht.models.teachers import load_attackable
     from darht.registry import ATTACKS
     from darht.report.tables import transfer_markdown
     from darht.utils import check_output, resolve_device
 
+    start = time.time()
     ATTACKS.get(args.attack)
     check_output(args.out, "file")
     device = resolve_device(args.device)
@@ -134,20 +139,25 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     data = load_dataset(args.data, args.split, args.root, **parse_data_args(args.data_arg))
     c, h, _ = data.shape
     x, y = data.float_x().to(device), data.y.to(device)
-    kw = {"attack": args.attack, "eps": args.eps, "n": args.n, "batch_size": args.batch_size, "seed": args.seed,
-          "draws": args.draws}
+    settings = {"attack": args.attack, "eps": args.eps, "n": args.n, "attack_args": None, "seed": args.seed,
+                "draws": args.draws}
+    kw = {**settings, "batch_size": args.batch_size}
     models = {n: load_attackable(n, num_classes=data.num_classes, in_chans=c, img_size=h).to(device) for n in names}
+    infos: dict[str, dict] = {"students": {}, "teachers": {n: model_info(n, m) for n, m in models.items()}}
     torch.manual_seed(args.seed)
-    rec: dict[str, Any] = {"kind": "transfer", "data": args.data, **{k: v for k, v in kw.items() if k != "batch_size"}}
+    result: dict[str, Any] = {}
     if args.select:
-        rec["teacher_matrix"] = transfer_matrix(models, x, y, **kw)
-        rec["selection"] = select_teachers(rec["teacher_matrix"]["matrix"], args.select)
+        result["teacher_matrix"] = transfer_matrix(models, x, y, **kw)
+        result["selection"] = select_teachers(result["teacher_matrix"]["matrix"], args.select)
     else:
         student = load_model(args.student).to(device).eval()
         check_model_fits(student, data, f"{args.data}/{args.split}")
-        rec["students"] = {args.student: student_transfer(student, models, x, y, **kw)}
+        infos["students"][args.student] = model_info(args.student, student)
+        result["students"] = {args.student: student_transfer(student, models, x, y, **kw)}
         if len(models) >= 2:
-            rec["teacher_matrix"] = transfer_matrix(models, x, y, **kw)
+            result["teacher_matrix"] = transfer_matrix(models, x, y, **kw)
+    rec = transfer_record(result, settings=settings, models=infos, data=data_info(args.data, args.split, len(data)),
+                          wall_time_s=time.time() - start)
     print(transfer_markdown(rec))
     if "selection" in rec:
         sel = rec["selection"]

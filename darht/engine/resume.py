@@ -10,6 +10,9 @@ import json
 from typing import Any
 
 from darht.config import TrainConfig, to_dict
+from darht.errors import DarhtError
+from darht.methods.base import teacher_specs
+from darht.registry import METHODS
 
 # Keys that cannot change what is computed: they may differ between a run and its --resume.
 RESUME_SILENT_KEYS = frozenset({"progress", "device", "workers", "out"})
@@ -19,7 +22,7 @@ def config_differences(old: dict, new: dict) -> list[str]:
     """'key old -> new' for every dotted key whose value differs (apart from RESUME_SILENT_KEYS),
     in the config's order; a key missing on one side shows as (unset), except a key the
     checkpoint predates that is still at its default."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = _flatten(_teachers_as_list(old)), _flatten(_teachers_as_list(new))
     defaults = _flatten(to_dict(TrainConfig()))
     keys = list(b) + [k for k in a if k not in b]
     out = []
@@ -35,6 +38,24 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 
 _UNSET = object()
+
+
+def _teachers_as_list(cfg: dict) -> dict:
+    """`teachers` as the list the method takes (roles in role order), so that the same teachers
+    given as a mapping or as a list compare equal; a checkpoint written before teacher roles kept
+    MTARD's natural teacher in `teacher_natural`, which is its second teacher."""
+    cfg = dict(cfg)
+    teachers = cfg.get("teachers")
+    natural = cfg.pop("teacher_natural", None)
+    if natural:
+        teachers = list(teachers or []) + [natural]
+    if isinstance(teachers, dict):
+        try:
+            teachers = teacher_specs(METHODS.get(cfg.get("method")), teachers)
+        except DarhtError:
+            pass  # not this method's roles: compared as given, and so reported as a difference
+    cfg["teachers"] = teachers
+    return cfg
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

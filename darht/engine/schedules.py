@@ -12,7 +12,7 @@ When the lr changes:
   iteration already has a small positive lr (base / warm-up iterations), never 0.
 
 `original`: the method class's `original_schedule` (its paper's lr steps, stretched to the run's
-length; see darht/methods/schedules.py), per epoch; for methods that have one.
+length; darht.methods.base.OriginalSchedule), per epoch; for methods that have one.
 
 Milestones are fractions of the run's length when all are <= 1 (e.g. [0.5, 0.75]), otherwise
 absolute epochs (e.g. [60, 80]). The lr is multiplied by `gamma` from the first epoch index
@@ -27,6 +27,7 @@ import torch
 
 from darht.config import OptimConfig
 from darht.errors import DarhtError
+from darht.methods.base import OriginalSchedule
 
 SCHEDULES = ("constant", "multistep", "cosine", "warmup-multistep", "original")
 
@@ -38,8 +39,8 @@ def milestone_epochs(milestones: list[float], epochs: int) -> list[float]:
     return [float(m) for m in milestones]
 
 
-def lr_factor(cfg: OptimConfig, epochs: int, epoch: int, it: int = 0, iters: int = 1,
-              original: dict | None = None) -> float:
+def lr_factor(cfg: OptimConfig, epoch: int, epochs: int, it: int = 0, iters: int = 1,
+              original: OriginalSchedule | None = None) -> float:
     """lr / base lr at iteration `it` (of `iters`) of 0-based `epoch` in a run of `epochs`;
     `original` is the method's `original_schedule` (needed for schedule 'original')."""
     if cfg.schedule not in SCHEDULES:
@@ -48,9 +49,7 @@ def lr_factor(cfg: OptimConfig, epochs: int, epoch: int, it: int = 0, iters: int
         if not original:
             raise DarhtError("lr schedule 'original' needs a method with an original_schedule "
                              "(the teacher-training methods)")
-        from darht.methods.schedules import lr_factor as original_factor
-
-        factor = original_factor(original, epoch, epochs)
+        factor = original.lr_factor(epoch, epochs)
     elif cfg.schedule == "constant":
         factor = 1.0
     elif cfg.schedule == "cosine":
@@ -69,7 +68,7 @@ class LRSchedule:
     """Sets the optimizer's lr for each iteration: `base_lr * lr_factor(...)`."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int, iters: int,
-                 original: dict | None = None):
+                 original: OriginalSchedule | None = None):
         if cfg.schedule == "warmup-multistep" and cfg.warmup_epochs <= 0:
             raise DarhtError("lr schedule 'warmup-multistep' needs optim.warmup_epochs > 0")
         if cfg.warmup_epochs < 0:
@@ -82,7 +81,7 @@ class LRSchedule:
             g["initial_lr"] = base
 
     def factor(self, epoch: int, it: int = 0) -> float:
-        return lr_factor(self.cfg, self.epochs, epoch, it, self.iters, self.original)
+        return lr_factor(self.cfg, epoch, self.epochs, it, self.iters, self.original)
 
     def set(self, epoch: int, it: int = 0) -> float:
         """Set every param group's lr for this iteration; returns the factor."""

@@ -19,8 +19,9 @@ from darht.data.loader import Augment, Loader
 from darht.engine import checkpoint as ckpt
 from darht.engine import distributed as ddp
 from darht.errors import DarhtError
-from darht.methods.base import Method
-from darht.methods.teachers import load_teacher
+from darht.methods.base import Method, teacher_specs
+from darht.models.io import load_state, read_state_dict
+from darht.models.teachers import load_teacher
 from darht.registry import METHODS
 
 
@@ -44,9 +45,7 @@ def build_model(cfg: TrainConfig, data: ImageData, device: torch.device) -> tupl
     """(the plain model: saved, all-reduced, broadcast; the module the method calls, compiled when
     asked; the method, holding its frozen teachers)."""
     method_cls = METHODS.get(cfg.method)
-    specs = list(cfg.teachers) + ([cfg.teacher_natural] if cfg.teacher_natural else [])
-    if getattr(method_cls, "needs_teachers", False) and not specs:
-        raise DarhtError(f"method '{cfg.method}' distills from teachers: set `teachers` in the config")
+    specs = teacher_specs(method_cls, cfg.teachers)  # in the method's role order
     c, h, _ = data.shape
     k = data.num_classes
     teachers = [load_teacher(s, num_classes=k, in_chans=c, img_size=h, bf16=cfg.teacher_bf16).to(device)
@@ -76,8 +75,6 @@ def autocast_for(amp: str, device: torch.device) -> Callable[[], Any]:
 
 def load_weights(model: nn.Module, path: str) -> None:
     """Start from `path` (our .safetensors, a run directory, last.pt, a state dict); keys must fit."""
-    from darht.models.io import load_state, read_state_dict
-
     state, _ = read_state_dict(path)
     load_state(model, state, what=f"model.weights {path}")
 

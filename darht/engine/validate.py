@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from darht.evaluation.robustness import DEFAULT_EOT, judge, run_attack
+from darht.evaluation.spec import DEFAULT_EOT, judge, run_attack
 from darht.evaluation.verdict import is_randomized, score
 from darht.registry import ATTACKS
 

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from darht.evaluation.spec import attack_kwargs, judge, run_attack
 from darht.registry import ATTACKS
 
 TOLERANCE = 0.005  # 0.5 percentage points
@@ -30,8 +31,6 @@ def stopped_falling(prev: torch.Tensor, last: torch.Tensor) -> tuple[bool, float
 def eot_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec, device: torch.device, res,
               record: dict) -> dict:
     """{"settings", "attacks": {name: {"robust": [acc per setting], "converged", "drop", "se"}}}."""
-    from darht.evaluation.robustness import run_attack, attack_kwargs, judge
-
     settings = sorted({int(e) for e in spec.eot_sweep})
     clean = torch.tensor(record["examples"]["clean"])
     todo = (clean > 0).nonzero().flatten()

@@ -13,45 +13,43 @@ weight decay aside); with alpha < 1 it shifts the balance towards the KD term.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from darht.attacks.pgd import pgd
+from darht.constraints import above, at_least, between
+from darht.methods.args import arg
 from darht.methods.base import Method
-from darht.methods._args import check_args, number
-from darht.methods.kd import fraction, kl_probs, positive, require_teachers, soft_labels, unwrap
+from darht.methods.losses import kl_probs, soft_labels
 from darht.registry import METHODS
 
 
 @METHODS.register("ard")
 class ARD(Method):
+    @dataclass(frozen=True)
+    class Args:
+        alpha: float = arg(1.0, between(0, 1))  # weight of the KD term
+        t: float = arg(30.0, above(0))          # temperature
+        eps: float = 8 / 255
+        step_size: float = arg(2 / 255, at_least(0))
+        steps: int = arg(10, at_least(0))
+
     name = "ard"
     needs_teachers = True
 
-    def __init__(self, model: nn.Module, teachers: list[nn.Module] | None = None, *,
-                 alpha: float = 1.0, t: float = 30.0, eps: float = 8 / 255, step_size: float = 2 / 255,
-                 steps: int = 10, **unknown: Any):
-        check_args(self, unknown)
-        super().__init__(model, teachers)
-        require_teachers(self.name, self.teachers)
-        self.alpha, self.t = fraction(self, "alpha", alpha), positive(self, "t", t)
-        self.eps, self.step_size = number(self, "eps", eps), number(self, "step_size", step_size)
-        self.steps = number(self, "steps", steps, integer=True)
-
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        t = self.t
+        a = self.args
+        t = a.t
         target = soft_labels(self.teachers, x, t)                                     # clean x
-        x_adv = pgd(unwrap(self.model), x, y, eps=self.eps, alpha=self.step_size, steps=self.steps,
-                    loss="ce", start="uniform")
+        x_adv = self.perturb(pgd, x, y, eps=a.eps, alpha=a.step_size, steps=a.steps, loss="ce", start="uniform")
         kd = t * t * kl_probs(target, F.log_softmax(self.model(x_adv) / t, dim=-1)).mean()
         out = {"kd": kd.detach()}
-        loss = self.alpha * kd
-        if self.alpha < 1:  # the clean forward only when CE counts (it also moves BN statistics)
+        loss = a.alpha * kd
+        if a.alpha < 1:  # the clean forward only when CE counts (it also moves BN statistics)
             ce = F.cross_entropy(self.model(x), y)
-            loss = loss + (1 - self.alpha) * ce
+            loss = loss + (1 - a.alpha) * ce
             out["ce"] = ce.detach()
         out["loss"] = loss
         return out

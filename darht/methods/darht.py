@@ -20,42 +20,69 @@ darht-official (switches only):
   Not copied: the released code's teachers left in train mode (ours are frozen in eval mode) and
   its lr of 0 during the first epochs (the trainer's schedule is used as configured).
 
-Inner attacks (`attack`), defaults when eps/alpha/start are not given:
+Inner attack (`attack`): any attack registered with `training` settings (darht.attacks: its
+original training method's eps, step size and start), found through the registry; the short names
+`fat` and `trades` mean `fat-pgd` and `trades-pgd`. eps/alpha/start given here override those:
   - "pgd": CE-PGD, eps 8/255, step 2/255, 10 steps, uniform start (PGD-AT's, the training-time
     convention; the paper's x + 0.001 N start is the evaluation PGD's: pass start="normal");
   - "fat": FAT's early-stopped PGD, eps 0.031, step 0.007, 10 steps, tau (default 1; "dynamic" = FAT's
     0/1/2 schedule stretched to the run), omega 0.001, uniform start (FAT's original settings);
   - "trades": TRADES' KL-PGD, eps 0.031, step 0.007, 10 steps, start x + 0.001 N (original settings).
+An attack gets the arguments it declares among: eps, alpha, steps, start, sigma (0.001), tau, loss ("ce").
 
-method_args: attack, eps, alpha (the attack's step size), steps, start (uniform|normal|none; pgd/fat),
-tau (fat: an integer or "dynamic"), adv_prob, dropout, mc_samples (the student's head; applied to
-the model, and recorded in its spec, when the method is constructed).
+method_args (`Darht.Args`): attack, eps, alpha (the attack's step size), steps, start
+(uniform|normal|none), tau (an integer or "dynamic"), adv_prob, dropout, mc_samples (the student's
+head; applied to the model, and recorded in its spec, when the method is constructed).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from darht.constraints import at_least, between
 from darht.errors import DarhtError
-from darht.methods.base import Method
-from darht.methods._args import check_args, choice, number
-from darht.methods.kd import fraction, kl_logits, require_teachers
-from darht.methods.schedules import FAT_TAU, StepSchedule
+from darht.methods.args import FAT_TAU, ArgError, StepSchedule, arg
+from darht.methods.base import Method, OriginalSchedule
+from darht.methods.losses import kl_logits
 from darht.models.student import unwrap_student
-from darht.registry import METHODS
+from darht.models.zoo import create_model
+from darht.registry import ATTACKS, METHODS
+from darht.typecheck import keyword_types
 
 # The authors' phase boundaries (epochs 50 and 118 of 350), kept as fractions of the run.
 OFFICIAL_PHASES = (50, 118, 350)
+# Short names of the inner attacks (the names this method's config has always used).
+ATTACK_ALIASES = {"fat": "fat-pgd", "trades": "trades-pgd"}
 
-ATTACK_DEFAULTS = {  # attack -> (eps, alpha, start)
-    "pgd": (8 / 255, 2 / 255, "uniform"),
-    "fat": (0.031, 0.007, "uniform"),
-    "trades": (0.031, 0.007, "normal"),
-}
+
+def inner_attacks() -> list[str]:
+    """The attacks DARHT can train against: those registered with `training` settings."""
+    names = [n for n in ATTACKS.names() if ATTACKS.meta(n).get("training") is not None]
+    return sorted(names + [a for a, n in ATTACK_ALIASES.items() if n in names])
+
+
+@dataclass(frozen=True)
+class DarhtArgs:
+    attack: str = "pgd"
+    eps: float | None = None                      # None: the attack's training setting
+    alpha: float | None = arg(None, at_least(0))
+    steps: int = arg(10, at_least(0))
+    start: Literal["uniform", "normal", "none"] | None = None
+    tau: int | str = arg(1, at_least(0))          # FAT's budget, or "dynamic"
+    adv_prob: float = arg(0.5, between(0, 1))
+    dropout: float | None = arg(None, between(0, 1))
+    mc_samples: int | None = arg(None, at_least(1))
+
+    def __post_init__(self) -> None:
+        if self.attack not in inner_attacks():
+            raise ArgError(f"attack must be one of {', '.join(inner_attacks())}; got {self.attack!r}")
+        if isinstance(self.tau, str) and self.tau != "dynamic":
+            raise ArgError(f"tau must be an integer >= 0 or 'dynamic', got {self.tau!r}")
 
 
 def official_phase(epoch: int, epochs: int) -> str:
@@ -70,39 +97,31 @@ def official_phase(epoch: int, epochs: int) -> str:
 
 @METHODS.register("darht")
 class Darht(Method):
+    Args = DarhtArgs
     name = "darht"
     needs_teachers = True
     official = False
     default_dropout, default_mc_samples = 0.3, 8
+    inner_overrides: dict[str, dict[str, Any]] = {}  # attack -> settings replacing its training ones
     # The paper's CIFAR setting (sec. 4): 100 epochs of SGD at lr 0.1, no decay stated.
-    original_schedule = {
-        "epochs": 100, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "batch_size": 128,
-        "milestones": [], "lr_factors": [],
-        "source": "DARHT paper, sec. 4 (CIFAR-10/100 students)",
-    }
+    original_schedule = OriginalSchedule(
+        epochs=100, lr=0.1, momentum=0.9, weight_decay=2e-4, batch_size=128, milestones=(), lr_factors=(),
+        source="DARHT paper, sec. 4 (CIFAR-10/100 students)")
 
-    def __init__(self, model: nn.Module, teachers: list[nn.Module] | None = None, *,
-                 attack: str = "pgd", eps: float | None = None, alpha: float | None = None,
-                 steps: int = 10, start: str | None = None, tau: int | str = 1, adv_prob: float = 0.5,
-                 dropout: float | None = None, mc_samples: int | None = None, **unknown: Any):
-        check_args(self, unknown)
-        super().__init__(model, teachers)
-        self.attack = choice(self, "attack", attack, ATTACK_DEFAULTS)
-        d_eps, d_alpha, d_start = ATTACK_DEFAULTS[attack]
-        if self.official and attack == "pgd":
-            d_eps, d_alpha, d_start = 0.031, 0.003, "normal"
-        self.eps = number(self, "eps", d_eps if eps is None else eps)
-        self.alpha = number(self, "alpha", d_alpha if alpha is None else alpha)
-        self.start = choice(self, "start", d_start if start is None else start, ("uniform", "normal", "none"))
-        self.steps = number(self, "steps", steps, integer=True)
-        # tau: FAT's budget, fixed or "dynamic" (FAT's 0/1/2 schedule stretched to the run)
-        self.tau_schedule = StepSchedule(FAT_TAU) if tau == "dynamic" else None
-        self.fixed_tau = None if tau == "dynamic" else number(self, "tau", tau, integer=True)
-        self.adv_prob = fraction(self, "adv_prob", adv_prob)
-        dropout = fraction(self, "dropout", self.default_dropout if dropout is None else dropout)
-        mc_samples = number(self, "mc_samples", self.default_mc_samples if mc_samples is None else mc_samples,
-                            integer=True, minimum=1)
-        require_teachers(self.name, self.teachers)
+    def __init__(self, model: nn.Module, teachers: list[nn.Module] | None = None, **method_args: Any):
+        super().__init__(model, teachers, **method_args)
+        a = self.args
+        self.attack_name = ATTACK_ALIASES.get(a.attack, a.attack)
+        self.attack_fn = ATTACKS.get(self.attack_name)
+        accepted, _ = keyword_types(self.attack_fn)
+        given = {"eps": a.eps, "alpha": a.alpha, "start": a.start}
+        settings = {**ATTACKS.meta(self.attack_name)["training"], "sigma": 0.001, "loss": "ce",
+                    **self.inner_overrides.get(self.attack_name, {}),
+                    **{k: v for k, v in given.items() if v is not None}, "steps": a.steps}
+        self.inner = {k: v for k, v in settings.items() if k in accepted}  # what the attack is called with
+        self.takes_tau = "tau" in accepted
+        self.eps = self.inner.get("eps", a.eps)
+        self.tau_schedule = StepSchedule(FAT_TAU) if a.tau == "dynamic" else None
         self.student = unwrap_student(model)
         if self.student is None:
             raise DarhtError(f"method '{self.name}' trains a darht-student; build the model with "
@@ -110,12 +129,14 @@ class Darht(Method):
         if self.student.num_teachers != len(self.teachers):
             raise DarhtError(f"method '{self.name}': the student has {self.student.num_teachers} teacher "
                              f"maps but {len(self.teachers)} teachers were given")
-        self.student.configure(dropout=dropout, mc_samples=mc_samples)
+        self.student.configure(dropout=self.default_dropout if a.dropout is None else a.dropout,
+                               mc_samples=self.default_mc_samples if a.mc_samples is None else a.mc_samples)
 
     @property
     def tau(self) -> int:
-        if self.fixed_tau is not None:
-            return self.fixed_tau
+        """FAT's budget for the current epoch: fixed, or "dynamic" (FAT's 0/1/2 stretched to the run)."""
+        if self.tau_schedule is None:
+            return self.args.tau
         return self.tau_schedule(self.epoch, self.epochs)
 
     @classmethod
@@ -123,8 +144,6 @@ class Darht(Method):
                     num_teachers: int = 0, dropout: float | None = None, mc_samples: int | None = None,
                     **kwargs: Any) -> nn.Module:
         """A darht-student around backbone `name` (its kwargs: `kwargs`), one map per teacher."""
-        from darht.models import create_model
-
         if num_teachers < 1:
             raise DarhtError(f"method '{cls.name}' needs at least one teacher (set `teachers`)")
         head = {"num_teachers": num_teachers,
@@ -143,21 +162,13 @@ class Darht(Method):
     def choose(self, n: int, device: torch.device) -> torch.Tensor:
         """Bool [n]: which examples become adversarial (per example, or one coin per batch)."""
         if self.official:
-            return (torch.rand(1, device=device) < self.adv_prob).expand(n)
-        return torch.rand(n, device=device) < self.adv_prob
+            return (torch.rand(1, device=device) < self.args.adv_prob).expand(n)
+        return torch.rand(n, device=device) < self.args.adv_prob
 
     def inner_attack(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial versions of x [M,...] against the current student (the attack sets eval mode)."""
-        kw = dict(eps=self.eps, alpha=self.alpha, steps=self.steps)
-        if self.attack == "pgd":
-            from darht.attacks.pgd import pgd
-            return pgd(self.student, x, y, loss="ce", start=self.start, sigma=0.001, **kw)
-        if self.attack == "fat":
-            from darht.attacks.fat import fat_pgd
-            return fat_pgd(self.student, x, y, tau=self.tau, omega=0.001, loss="ce", start=self.start,
-                           sigma=0.001, **kw)
-        from darht.attacks.trades import trades_pgd
-        return trades_pgd(self.student, x, y, sigma=0.001, **kw)
+        kw = {**self.inner, "tau": self.tau} if self.takes_tau else self.inner
+        return self.perturb(self.attack_fn, x, y, **kw)
 
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training batch: chosen examples replaced by their adversarial versions; and the mask."""
@@ -165,7 +176,7 @@ class Darht(Method):
         idx = chosen.nonzero().squeeze(1)  # [M]
         if idx.numel() == 0:
             return x, chosen
-        x_adv = self.inner_attack(x[idx], y[idx]).detach()
+        x_adv = self.inner_attack(x[idx], y[idx])
         return x.index_copy(0, idx, x_adv), chosen
 
     # -- the loss -----------------------------------------------------------------------------
@@ -210,4 +221,5 @@ class DarhtOfficial(Darht):
     name = "darht-official"
     official = True
     default_dropout, default_mc_samples = 0.0, 1
+    inner_overrides = {"pgd": {"eps": 0.031, "alpha": 0.003, "start": "normal"}}  # the released code's
     original_schedule = None  # none: the released code's schedule starts at lr 0, a bug not reproduced

@@ -8,88 +8,83 @@ during training ("dynamic tau"), from the paper's schedule stretched to the run'
     tau=None, tau_schedule="dynamic"  the paper's schedule (FAT: 0/1/2 over 120 epochs; FAT-TRADES:
                                       0/1/2/3 over 85), scaled to the run by default
     tau_schedule=[[until, tau], ...]  a custom schedule: tau while the 1-based epoch <= until
-                                      (see darht.methods.schedules); units are the last until's
+                                      (see darht.methods.args.StepSchedule); units are the last until's
     scale_schedule=False              read the boundaries as absolute epochs instead
     tau=k                             fixed tau = k for the whole run (overrides the schedule)
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from darht.attacks.fat import fat_pgd
-from darht.errors import DarhtError
-from darht.methods._args import check_args, check_no_teachers, flag, number
-from darht.methods.base import Method
-from darht.methods.pgd_at import adversarial
-from darht.methods.schedules import FAT_TAU, FAT_TRADES_TAU, StepSchedule, parse_step_schedule
-from darht.methods.standard import accuracy
-from darht.methods.trades import trades_loss
+from darht.constraints import at_least
+from darht.methods.args import (FAT_TAU, FAT_TRADES_TAU, ArgError, StepSchedule, TradesPGDArgs, arg,
+                               parse_step_schedule)
+from darht.methods.base import Method, OriginalSchedule
+from darht.methods.losses import accuracy, trades_loss
 from darht.registry import METHODS
 
 
+@dataclass(frozen=True)
+class EarlyStoppedArgs(TradesPGDArgs):
+    """FAT's arguments; `paper_tau` is the schedule "dynamic" means."""
+
+    paper_tau: ClassVar[tuple] = FAT_TAU
+    omega: float = arg(0.001, at_least(0))  # N(0, omega^2) noise added per step
+    tau: int | None = arg(None, at_least(0))
+    tau_schedule: str | list = "dynamic"
+    scale_schedule: bool = True
+
+    def __post_init__(self) -> None:
+        if self.tau is not None and self.tau_schedule != "dynamic":
+            raise ArgError("give either a fixed tau or a tau_schedule, not both")
+        self.schedule()  # checks the schedule
+
+    def schedule(self) -> StepSchedule:
+        return parse_step_schedule("tau_schedule", self.tau_schedule, self.paper_tau, self.scale_schedule)
+
+
 class _EarlyStopped(Method):
-    """What FAT and FAT-TRADES share: attack arguments and the tau schedule."""
+    """What FAT and FAT-TRADES share: the tau of the current epoch."""
 
-    paper_tau: tuple = ()
-
-    def _setup(self, eps: Any, alpha: Any, steps: Any, omega: Any, tau: Any, tau_schedule: Any,
-               scale_schedule: Any) -> None:
-        self.eps = number(self, "eps", eps)
-        self.alpha = number(self, "alpha", alpha)
-        self.steps = number(self, "steps", steps, integer=True)
-        self.omega = number(self, "omega", omega)
-        self.fixed_tau = number(self, "tau", tau, integer=True, allow_none=True)
-        if self.fixed_tau is not None and tau_schedule != "dynamic":
-            raise DarhtError(f"method '{self.name}': give either a fixed tau or a tau_schedule, not both")
-        self.schedule: StepSchedule = parse_step_schedule(
-            self.name, "tau_schedule", tau_schedule, self.paper_tau, flag(self, "scale_schedule", scale_schedule))
+    def __init__(self, model: nn.Module, teachers: list[nn.Module] | None = None, **method_args):
+        super().__init__(model, teachers, **method_args)
+        self.schedule = self.args.schedule()
 
     @property
     def tau(self) -> int:
         """The early-stopping budget for the current epoch (set by start_epoch)."""
-        if self.fixed_tau is not None:
-            return self.fixed_tau
+        if self.args.tau is not None:
+            return self.args.tau
         return self.schedule(self.epoch, self.epochs)
-
-    def _tau_part(self, x: torch.Tensor, tau: int) -> torch.Tensor:
-        return torch.tensor(float(tau), device=x.device)
 
 
 @METHODS.register("fat")
 class FAT(_EarlyStopped):
     """Args: eps, alpha, steps (K), omega (noise added per step), tau, tau_schedule, scale_schedule."""
 
+    Args = EarlyStoppedArgs
     name = "fat"
-    paper_tau = FAT_TAU
     # 120 epochs, lr x0.1 / x0.01 / x0.005 of the base from (1-based) epochs 60 / 90 / 110.
-    # Format: darht.methods.schedules.
-    original_schedule = {
-        "epochs": 120, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "batch_size": 128,
-        "milestones": [59, 89, 109], "lr_factors": [0.1, 0.01, 0.005],
-        "source": "Zhang et al. 2020, Friendly-Adversarial-Training FAT.py",
-    }
-
-    def __init__(self, model: nn.Module, teachers: list[nn.Module] | None = None, *,
-                 eps: float = 0.031, alpha: float = 0.007, steps: int = 10, omega: float = 0.001,
-                 tau: int | None = None, tau_schedule: str | list = "dynamic", scale_schedule: bool = True,
-                 **unknown):
-        check_args(self, unknown)
-        check_no_teachers(self, teachers)
-        super().__init__(model, teachers)
-        self._setup(eps, alpha, steps, omega, tau, tau_schedule, scale_schedule)
+    original_schedule = OriginalSchedule(
+        epochs=120, lr=0.1, momentum=0.9, weight_decay=2e-4, batch_size=128,
+        milestones=(59, 89, 109), lr_factors=(0.1, 0.01, 0.005),
+        source="Zhang et al. 2020, Friendly-Adversarial-Training FAT.py")
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        tau = self.tau
-        x_adv = adversarial(self.model, fat_pgd, x, y, eps=self.eps, alpha=self.alpha, steps=self.steps,
-                            tau=tau, omega=self.omega, loss="ce", start="uniform")
+        a, tau = self.args, self.tau
+        x_adv = self.perturb(fat_pgd, x, y, eps=a.eps, alpha=a.alpha, steps=a.steps, tau=tau, omega=a.omega,
+                             loss="ce", start="uniform")
         logits = self.model(x_adv)
         ce = F.cross_entropy(logits, y)
-        return {"loss": ce, "ce": ce.detach(), "adv_acc": accuracy(logits, y), "tau": self._tau_part(x, tau)}
+        return {"loss": ce, "ce": ce.detach(), "adv_acc": accuracy(logits, y),
+                "tau": torch.tensor(float(tau), device=x.device)}
 
 
 @METHODS.register("fat-trades")
@@ -99,31 +94,24 @@ class FATTRADES(_EarlyStopped):
     Args: eps, alpha, steps, omega (0 as in the original), beta, tau, tau_schedule, scale_schedule.
     """
 
-    name = "fat-trades"
-    paper_tau = FAT_TRADES_TAU
-    # 85 epochs, lr x0.1 from (1-based) epoch 75 (its x0.01 at 90 is never reached).
-    # Format: darht.methods.schedules.
-    original_schedule = {
-        "epochs": 85, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "batch_size": 128,
-        "milestones": [74], "lr_factors": [0.1],
-        "source": "Zhang et al. 2020, Friendly-Adversarial-Training FAT_for_TRADES.py",
-    }
+    @dataclass(frozen=True)
+    class Args(EarlyStoppedArgs):
+        paper_tau: ClassVar[tuple] = FAT_TRADES_TAU
+        omega: float = arg(0.0, at_least(0))
+        beta: float = arg(6.0, at_least(0))
 
-    def __init__(self, model: nn.Module, teachers: list[nn.Module] | None = None, *,
-                 eps: float = 0.031, alpha: float = 0.007, steps: int = 10, omega: float = 0.0,
-                 beta: float = 6.0, tau: int | None = None, tau_schedule: str | list = "dynamic",
-                 scale_schedule: bool = True, **unknown):
-        check_args(self, unknown)
-        check_no_teachers(self, teachers)
-        super().__init__(model, teachers)
-        self._setup(eps, alpha, steps, omega, tau, tau_schedule, scale_schedule)
-        self.beta = number(self, "beta", beta)
+    name = "fat-trades"
+    # 85 epochs, lr x0.1 from (1-based) epoch 75 (its x0.01 at 90 is never reached).
+    original_schedule = OriginalSchedule(
+        epochs=85, lr=0.1, momentum=0.9, weight_decay=2e-4, batch_size=128,
+        milestones=(74,), lr_factors=(0.1,),
+        source="Zhang et al. 2020, Friendly-Adversarial-Training FAT_for_TRADES.py")
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        tau = self.tau
+        a, tau = self.args, self.tau
         # target_probs=None: the attack uses softmax f(x) of the model in eval mode, detached.
-        x_adv = adversarial(self.model, fat_pgd, x, y, eps=self.eps, alpha=self.alpha, steps=self.steps,
-                            tau=tau, omega=self.omega, loss="kl", start="normal", sigma=0.001)
-        out = trades_loss(self.model(x), self.model(x_adv), y, self.beta)
-        out["tau"] = self._tau_part(x, tau)
+        x_adv = self.perturb(fat_pgd, x, y, eps=a.eps, alpha=a.alpha, steps=a.steps, tau=tau, omega=a.omega,
+                             loss="kl", start="normal", sigma=0.001)
+        out = trades_loss(self.model(x), self.model(x_adv), y, a.beta)
+        out["tau"] = torch.tensor(float(tau), device=x.device)
         return out

@@ -1,6 +1,7 @@
 """MTARD, multi-teacher adversarial robustness distillation (Zhao et al., 2022).
 
-teachers = [T_adv, T_nat] (the trainer passes cfg.teachers + [cfg.teacher_natural]).
+Two teacher roles: `adversarial` (a robust teacher) and `natural` (a naturally trained one); a config
+gives `teachers: {adversarial: A, natural: B}`, or the list [A, B] in that order.
 x' = x + 0.001 N(0, I), then sign-steps on CE(S(x'), y) against the student (eps 8/255, step 2/255,
 10 steps). L_adv = KL(softmax T_adv(x') || softmax S(x')), L_nat = KL(softmax T_nat(x) || softmax S(x)),
 each summed over classes, averaged over examples.
@@ -13,7 +14,7 @@ Under DDP the two losses are averaged over ranks before the update so every rank
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -21,26 +22,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from darht.attacks.pgd import pgd
+from darht.constraints import between
+from darht.methods.args import PGDArgs, arg
 from darht.methods.base import Method
-from darht.methods._args import check_args, number
-from darht.methods.kd import fraction, kl_probs, require_teachers, unwrap
+from darht.methods.losses import kl_probs
 from darht.registry import METHODS
 
 
 @METHODS.register("mtard")
 class MTARD(Method):
+    @dataclass(frozen=True)
+    class Args(PGDArgs):
+        eta: float = arg(0.025, between(0, 1))    # the weights' learning rate
+
     name = "mtard"
     needs_teachers = True
+    teacher_roles = ("adversarial", "natural")
 
-    def __init__(self, model: nn.Module, teachers: list[nn.Module] | None = None, *,
-                 eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, eta: float = 0.025,
-                 **unknown: Any):
-        check_args(self, unknown)
-        super().__init__(model, teachers)
-        require_teachers(self.name, self.teachers, exactly=2)
-        self.eps, self.alpha = number(self, "eps", eps), number(self, "alpha", alpha)
-        self.steps = number(self, "steps", steps, integer=True)
-        self.eta = fraction(self, "eta", eta)
+    def __init__(self, model: nn.Module, teachers: list[nn.Module] | None = None, **method_args):
+        super().__init__(model, teachers, **method_args)
         self.w_nat = 0.5
         self.init_adv: float | None = None  # L_adv, L_nat at the first step
         self.init_nat: float | None = None
@@ -52,12 +52,12 @@ class MTARD(Method):
         r_adv = l_adv / max(self.init_adv, 1e-12)
         r_nat = l_nat / max(self.init_nat, 1e-12)
         target = r_nat / max(r_adv + r_nat, 1e-12)
-        self.w_nat -= self.eta * self.lr_scale * (self.w_nat - target)
+        self.w_nat -= self.args.eta * self.lr_scale * (self.w_nat - target)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        t_adv, t_nat = self.teachers
-        x_adv = pgd(unwrap(self.model), x, y, eps=self.eps, alpha=self.alpha, steps=self.steps,
-                    loss="ce", start="normal", sigma=0.001)
+        a, t_adv, t_nat = self.args, self.teacher("adversarial"), self.teacher("natural")
+        x_adv = self.perturb(pgd, x, y, eps=a.eps, alpha=a.alpha, steps=a.steps, loss="ce", start="normal",
+                             sigma=0.001)
         with torch.no_grad():
             p_adv = F.softmax(t_adv(x_adv).float(), dim=-1)
             p_nat = F.softmax(t_nat(x).float(), dim=-1)

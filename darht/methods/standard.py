@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from darht.methods._args import check_args, check_no_teachers
-from darht.methods.base import Method
+from darht.methods.base import Method, OriginalSchedule
+from darht.methods.losses import accuracy
 from darht.registry import METHODS
-
-
-def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Fraction of the batch classified correctly, as a detached float scalar."""
-    return (logits.detach().argmax(1) == y).float().mean()
 
 
 @METHODS.register("standard")
@@ -24,17 +18,10 @@ class Standard(Method):
     select_by = "clean"  # a natural model is chosen for its clean accuracy
     # He et al. 2016 (CIFAR ResNets): 64k iterations at batch 128, lr / 10 at 32k and 48k;
     # on CIFAR-10's 50k images that is 164 epochs with decays after epochs 82 and 123.
-    # Format: see darht.methods.schedules.
-    original_schedule = {
-        "epochs": 164, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 128,
-        "milestones": [82, 123], "lr_factors": [0.1, 0.01],
-        "source": "He et al. 2016, CIFAR-10 ResNet recipe (64k iterations converted to epochs)",
-    }
-
-    def __init__(self, model: nn.Module, teachers: list[nn.Module] | None = None, **unknown):
-        check_args(self, unknown)
-        check_no_teachers(self, teachers)
-        super().__init__(model, teachers)
+    original_schedule = OriginalSchedule(
+        epochs=164, lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=128,
+        milestones=(82, 123), lr_factors=(0.1, 0.01),
+        source="He et al. 2016, CIFAR-10 ResNet recipe (64k iterations converted to epochs)")
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.model(x)

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from darht.errors import DarhtError
-from darht.models.zoo import create_model
+from darht.models.zoo import create_model, unwrap
 from darht.utils import atomic_write, atomic_write_json
 
 FORMAT = "darht-model"
@@ -38,18 +38,6 @@ _HEAD_KEYS = ("logits.weight", "fc.weight", "linear.weight", "head.weight", "cla
 
 
 # ---- saving -----------------------------------------------------------------------------------
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DDP/DataParallel (`module`) and torch.compile (`_orig_mod`) wrappers, so
-    saved keys carry no wrapper prefix (a compiled module forwards `.spec`, but not its keys)."""
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif "_orig_mod" in model._modules:
-            model = model._modules["_orig_mod"]
-        else:
-            return model
-
-
 def _stem(path: str | Path) -> Path:
     p = Path(path)
     return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
@@ -92,7 +80,7 @@ def _saveable(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 
 def save_model(model: nn.Module, path: str | Path, meta: dict | None = None) -> Path:
     """Write `<stem>.safetensors` and `<stem>.json`; returns the .safetensors path."""
-    model = _unwrap(model)
+    model = unwrap(model)  # saved keys carry no wrapper prefix
     spec = getattr(model, "spec", None)
     if not spec:
         raise DarhtError("save_model: the model has no .spec (build it with darht.models.create_model)")

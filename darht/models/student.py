@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from darht.errors import DarhtError
+from darht.models.zoo import create_model, unwrap
 from darht.registry import MODELS
 
 
@@ -159,9 +160,7 @@ class DarhtStudent(nn.Module):
 
 def unwrap_student(model: nn.Module) -> DarhtStudent | None:
     """The DarhtStudent inside `model` (plain, DDP- or compile-wrapped), or None."""
-    for attr in ("module", "_orig_mod"):
-        while hasattr(model, attr) and not isinstance(model, DarhtStudent):
-            model = getattr(model, attr)
+    model = unwrap(model)
     return model if isinstance(model, DarhtStudent) else None
 
 
@@ -170,8 +169,6 @@ def darht_student(num_classes: int, in_chans: int = 3, img_size: int = 32, *, ba
                   backbone_kwargs: dict | None = None, num_teachers: int = 1, dropout: float = 0.3,
                   mc_samples: int = 8) -> DarhtStudent:
     """Build the backbone by name (any registered or timm: model) and wrap it in the DARHT head."""
-    from darht.models import create_model
-
     if backbone == "darht-student":
         raise DarhtError("darht-student: the backbone cannot itself be a darht-student")
     bkw = copy.deepcopy(backbone_kwargs or {})

@@ -1,4 +1,4 @@
-"""Build models by name: `create_model`, `list_models`, `is_randomized`.
+"""Build models by name: `create_model`, `list_models`, `is_randomized`; `unwrap`.
 
 A builder registered in `darht.registry.MODELS` is called as
 `builder(num_classes, in_chans=..., img_size=..., **kwargs)` and returns an nn.Module that takes
@@ -20,6 +20,18 @@ from darht.models.timm_models import build_timm
 from darht.registry import MODELS
 
 TIMM_PREFIX = "timm:"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP/DataParallel (`.module`) and torch.compile (`._orig_mod`)
+    wrappers: what is saved (keys without a wrapper prefix) and what inner attacks run against."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif "_orig_mod" in model._modules:
+            model = model._modules["_orig_mod"]
+        else:
+            return model
 
 
 def _positive_int(what: str, v: Any) -> int:

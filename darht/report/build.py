@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from darht.engine.checkpoint import read_metrics
 from darht.errors import DarhtError
 from darht.report import plots, tables
 from darht.utils import atomic_write_text, read_json
@@ -48,7 +49,7 @@ def write_report(run_dir: str | Path) -> Path:
         md += ["## Transferability", "", tables.transfer_markdown(transfer), ""]
         if transfer.get("teacher_matrix") and plots.transfer_heatmap(transfer["teacher_matrix"], out / "transfer.png"):
             md += ["![transferability](transfer.png)", ""]
-    runs = {f"{kind}-{d.name}": plots.read_metrics(d) for kind in ("students", "teachers")
+    runs = {f"{kind}-{d.name}": read_metrics(d) for kind in ("students", "teachers")
             for d in sorted((run / kind).glob("*")) if d.is_dir()}
     student_runs = {k: v for k, v in runs.items() if k.startswith("students-")}
     if plots.epoch_curves(student_runs, out / "epochs.png"):

@@ -13,11 +13,6 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from darht.utils import atomic_write
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """metrics.jsonl's records (a torn last line, from a crash mid-append, is skipped)."""
-    from darht.engine.checkpoint import read_metrics as read
-
-    return read(run_dir)
 
 
 def epoch_curves(runs: dict[str, list[dict]], path: str | Path) -> Path | None:

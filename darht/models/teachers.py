@@ -19,6 +19,9 @@ import torch
 from torch import nn
 
 from darht.errors import DarhtError
+from darht.models.io import load_model
+from darht.models.zoo import create_model
+from darht.registry import MODELS
 
 
 class FrozenTeacher(nn.Module):
@@ -71,10 +74,6 @@ def load_attackable(spec: str, *, num_classes: int, in_chans: int, img_size: int
 
 
 def _build(spec: str, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
-    from darht.models import create_model
-    from darht.models.io import load_model
-    from darht.registry import MODELS
-
     name, sep, path = spec.partition("=")
     if Path(spec).exists():
         return load_model(spec)
