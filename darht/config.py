@@ -40,6 +40,7 @@ class DataConfig:
     padding: int = 4
     flip: bool = True
     limit: int | None = None         # use only the first N training examples (quick runs)
+    stream: bool | None = None       # decode lazily / map a uint8 cache (None: automatic by size)
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -96,7 +97,11 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda | cuda:N | mps
     amp: Amp = "none"                # bf16 runs on CPU too; fp16 is CUDA only
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = False            # the training model and the model the inner attacks call
+    cudnn_benchmark: bool = False    # CUDA: let cuDNN pick the fastest kernels (fixed input shapes)
+    tf32: bool = False               # CUDA: TF32 matmuls/convolutions (faster, ~1e-3 relative error)
+    sync_bn: bool = False            # DDP: BatchNorm statistics over the global batch (SyncBatchNorm)
+    ddp_bf16_compress: bool = False  # DDP: all-reduce gradients in bf16 (DDP's compression hook)
     workers: int = 0
     out: str = "runs/run"
     progress: bool = True

@@ -200,7 +200,8 @@ class Pipeline:
             self.log(f"[evaluate {name}]")
             torch.manual_seed(spec.seed)
             model = load_model(run_dir)
-            rec = evaluation_record(evaluate(model, data.float_x(), data.y, spec, device), spec=spec,
+            # the stored (uint8) images: evaluate converts each batch to float on the device
+            rec = evaluation_record(evaluate(model, data.x, data.y, spec, device), spec=spec,
                                     model=model_info(run_dir, model, read_meta(run_dir)),
                                     data=data_info(self.data.name, "test", len(data)), stage="evaluation")
             atomic_write_json(path, rec)
@@ -218,14 +219,15 @@ class Pipeline:
         kw = {"attack": t.get("attack", "pgd"), "eps": float(t.get("eps", 8 / 255)), "n": t.get("n", 1000),
               "attack_args": t.get("attack_args"), "seed": self.cfg.seed, "draws": int(t.get("draws", 20))}
         data = self._test_data()
-        x, y = data.float_x(), data.y
+        device = resolve_device(self.cfg.device)
+        x, y = data.x.to(device), data.y.to(device)  # uint8 stays uint8: converted per batch on the device
         c, h, _ = data.shape
         load = {}
 
         def teacher(name: str):
             if name not in load:
                 load[name] = load_attackable(self.teacher_path(name), num_classes=data.num_classes, in_chans=c,
-                                             img_size=h)
+                                             img_size=h).to(device)
             return load[name]
 
         result: dict[str, Any] = {"students": {}}
@@ -235,7 +237,7 @@ class Pipeline:
             if not names:
                 continue
             torch.manual_seed(self.cfg.seed)
-            student = load_model(self.out / "students" / sname).eval()
+            student = load_model(self.out / "students" / sname).to(device).eval()
             infos["students"][sname] = model_info(self.out / "students" / sname, student)
             result["students"][sname] = student_transfer(student, {n: teacher(n) for n in names}, x, y, **kw)
         if len(self.cfg.teachers) >= 2:

@@ -460,3 +460,15 @@ def test_attacks_run_in_fp32_inside_an_autocast_region(attack):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         amp = fn(model, x, y, eps=0.03, **kw)
     assert amp.dtype == torch.float32 and torch.equal(amp, ref)
+
+
+@pytest.mark.parametrize("tau", [0, 1, 10])
+def test_fat_pgd_compact_and_masked_paths_agree(trained, tau):
+    """Dropping stopped examples from the working set (CPU) and masking them (GPU) give the same points."""
+    model, x, y = trained
+    x, y = x[:16], y[:16]
+    out = []
+    for compact in (True, False):
+        torch.manual_seed(3)
+        out.append(fat_pgd(model, x, y, eps=0.1, alpha=0.03, steps=5, tau=tau, omega=0.001, compact=compact))
+    assert torch.equal(out[0], out[1])

@@ -1,15 +1,11 @@
 """The training engine: lr schedules vs their formulas, learning, checkpoints, resume bit-identity,
-best-checkpoint choice, AMP, compile fallback and a 2-process gloo DDP run (all on CPU, tiny)."""
+best-checkpoint choice, AMP, compile fallback (all on CPU, tiny); data-parallel runs: test_ddp.py."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -266,79 +262,4 @@ def test_bad_method_args_and_missing_teachers_are_user_errors(tmp_path):
     assert not (tmp_path / "z" / "last.pt").exists()
 
 
-# ---- data-parallel: 2 gloo processes on CPU -----------------------------------------------------
-DDP_SCRIPT = """
-import sys, torch, torch.distributed as dist
-from darht.config import load_yaml, make_config
-from darht.engine.trainer import train
-from darht.engine import distributed as ddp, rundir, trainer
-
-cfg = make_config(load_yaml(sys.argv[1]))
-seen = {}
-orig = rundir.RunDir.save
-def keep(self, *a, **kw):  # rank 0 only writes; remember that it did
-    seen["saved"] = True
-    return orig(self, *a, **kw)
-rundir.RunDir.save = keep
-orig_epoch = trainer._Run._epoch
-def grab(self, epoch):
-    orig_epoch(self, epoch)
-    seen["model"] = {k: v.clone() for k, v in self.model.state_dict().items()}
-trainer._Run._epoch = grab
-train(cfg)
-rank = int(__import__("os").environ["RANK"])
-
-# gradient averaging on known values, in several buckets (one is a None grad that stays None)
-# a fresh store: torchrun's own store already holds the first group's keys
-store = dist.FileStore(f"{sys.argv[2]}/store", 2)
-dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
-ddp.BUCKET_NUMEL = 5
-shapes = [((3,), torch.float32), ((4,), torch.float64), ((2, 2), torch.float32), ((1,), torch.float32)]
-ps = [torch.nn.Parameter(torch.zeros(s, dtype=dt)) for s, dt in shapes]
-for i, p in enumerate(ps[:3]):
-    p.grad = torch.full_like(p, float(rank + 1)) * (i + 1)
-ddp.average_gradients(ps, 2)
-avg = [p.grad for p in ps[:3]]
-none_stays = ps[3].grad is None
-dist.destroy_process_group()
-torch.save({"saved": seen.get("saved", False), "model": seen["model"], "avg": avg, "none": none_stays},
-           f"{sys.argv[2]}/rank{rank}.pt")
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ddp_two_gloo_processes(tmp_path):
-    run = tmp_path / "run"
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw_cfg(run, epochs=1, method_args={
-        "eps": 0.1, "alpha": 0.05, "steps": 1})))
-    (tmp_path / "script.py").write_text(DDP_SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(free_port()), str(tmp_path / "script.py"), str(tmp_path / "cfg.yaml"), str(tmp_path)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # own process group: a hang is killed whole
-    try:
-        _, err = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, err[-3000:]
-    (rec,) = lines(run)  # one writer: one line per epoch
-    assert rec["train_examples"] == N_TRAIN  # both ranks' halves counted
-    assert rec["val_examples"] == 64
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert r0["saved"] and not r1["saved"]
-    for r in (r0, r1):  # mean over ranks of (rank + 1) * (i + 1) = 1.5 * (i + 1), dtype kept
-        assert [g.dtype for g in r["avg"]] == [torch.float32, torch.float64, torch.float32] and r["none"]
-        for i, g in enumerate(r["avg"]):
-            assert torch.equal(g, torch.full_like(g, 1.5 * (i + 1)))
-    for k in r0["model"]:  # averaged gradients + broadcast buffers keep the ranks identical
-        assert torch.equal(r0["model"][k], r1["model"][k]), k
-    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1
-    assert len(torch.load(run / "last.pt", weights_only=True)["rng"]) == 2  # every rank's RNG
+# data-parallel (2 gloo processes under torch's launcher): tests/test_ddp.py

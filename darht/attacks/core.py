@@ -166,6 +166,12 @@ def logits_and_input_grad(model: nn.Module, x_adv: torch.Tensor, loss_fn: LossFn
             loss = sum(loss_fn(z) for z in all_logits) / eot
             grad = torch.autograd.grad(loss, [xi])[0]
         return all_logits[-1].detach(), grad
+    if eot == 1:  # the common case (every training attack): no accumulator, no extra pass over x
+        xi = x_adv.detach().float().requires_grad_(True)
+        with torch.enable_grad(), fp32(xi):
+            logits = model(xi)
+            grad = torch.autograd.grad(loss_fn(logits), [xi])[0]
+        return logits.detach(), grad
     grad = torch.zeros_like(x_adv, dtype=torch.float32)
     for _ in range(eot):  # one graph at a time: memory stays that of a single pass
         xi = x_adv.detach().float().requires_grad_(True)
@@ -173,7 +179,7 @@ def logits_and_input_grad(model: nn.Module, x_adv: torch.Tensor, loss_fn: LossFn
             logits = model(xi)
             loss = loss_fn(logits)
             grad += torch.autograd.grad(loss, [xi])[0]
-    return logits.detach(), grad / eot if eot > 1 else grad
+    return logits.detach(), grad / eot
 
 
 def input_grad(model: nn.Module, x_adv: torch.Tensor, loss_fn: LossFn, eot: int = 1) -> torch.Tensor:
@@ -198,12 +204,35 @@ def random_start(x: torch.Tensor, eps: float, start: str, sigma: float = 0.001) 
     return project_linf(x0, x, eps).detach()
 
 
+# (device, dtype, per-example shape) of accelerator inputs whose range has been checked
+_RANGE_CHECKED: set[tuple] = set()
+
+
+def check_range(x: torch.Tensor) -> None:
+    """DarhtError unless x lies in [0, 1]. One fused min/max reduction and one host read; on CPU
+    (where reading a value costs nothing) on every call, on an accelerator (where the read would
+    stall the queue of every attack call, e.g. once per training step) on the first call per
+    device, dtype and per-example shape: out-of-range input is a systematic mistake (data not
+    scaled to [0, 1], or normalized outside the model), seen on the first batch."""
+    if not x.numel():
+        return
+    key = None
+    if x.device.type != "cpu":
+        key = (str(x.device), x.dtype, tuple(x.shape[1:]))
+        if key in _RANGE_CHECKED:
+            return
+    lo, hi = torch.aminmax(x.detach())
+    if bool((lo < 0) | (hi > 1)):
+        raise DarhtError("attack input must lie in [0, 1] (normalization belongs inside the model)")
+    if key is not None:
+        _RANGE_CHECKED.add(key)
+
+
 def check_inputs(x: torch.Tensor, y: torch.Tensor | None, eps: float, steps: int | None = None) -> None:
     """User-input checks shared by every attack (one clear line each)."""
     if not torch.is_floating_point(x):
         raise DarhtError(f"attack input must be a float tensor in [0, 1], got dtype {x.dtype}")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise DarhtError("attack input must lie in [0, 1] (normalization belongs inside the model)")
+    check_range(x)
     if y is not None and (y.ndim != 1 or y.shape[0] != x.shape[0]):
         raise DarhtError(f"labels must have shape [{x.shape[0]}], got {list(y.shape)}")
     if not 0 <= eps <= 1:

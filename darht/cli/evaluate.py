@@ -77,8 +77,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     eot=args.eot, draws=args.draws, eot_sweep=args.eot_sweep or [],
                     faces=args.mode is None, progress=not args.no_progress)
     torch.manual_seed(args.seed)
-    x = data.float_x()
-    record = evaluation_record(evaluate(model, x, data.y, spec, device), spec=spec, model=meta,
+    # the stored images (uint8 for the image data sets): evaluate converts each batch on the device
+    record = evaluation_record(evaluate(model, data.x, data.y, spec, device), spec=spec, model=meta,
                                data=data_info(args.data, args.split, len(data)))
     title = f"{meta.get('checkpoint') or meta.get('name')} on {args.data}/{args.split}: eps={args.eps:.4f}, " \
             f"n={record['n']}, trials={args.trials}"
@@ -138,7 +138,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         raise DarhtError("transfer needs --student with --teacher (or use --select)")
     data = load_dataset(args.data, args.split, args.root, **parse_data_args(args.data_arg))
     c, h, _ = data.shape
-    x, y = data.float_x().to(device), data.y.to(device)
+    x, y = data.x.to(device), data.y.to(device)  # uint8 stays uint8: converted per batch on the device
     settings = {"attack": args.attack, "eps": args.eps, "n": args.n, "attack_args": None, "seed": args.seed,
                 "draws": args.draws}
     kw = {**settings, "batch_size": args.batch_size}

@@ -43,6 +43,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from darht.data import dataset_info, download
 
+    if args.data_cmd == "cache":
+        return _cmd_cache(args)
     if args.data_cmd == "info":
         info = dataset_info(args.name, args.root)
         for k, v in info.items():
@@ -58,8 +60,28 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from darht.cli.args import parse_data_args
+    from darht.data.cache import build_cache, cache_dir
+    from darht.data.mapped import read_header
+    from darht.utils import check_output
+
+    kw = parse_data_args(args.data_arg)
+    check_output(args.out or str(cache_dir()), "dir", "--out")
+    splits = ["train", "test"] if args.split == "all" else [args.split]
+    for split in splits:
+        path, built = build_cache(args.name, split, args.root, args.out, force=args.force, **kw)
+        h = read_header(path)
+        size = path.stat().st_size / 2**30
+        print(f"{args.name} {split}: {h['n']} images of {'x'.join(map(str, h['shape']))}, {size:.2f} GiB, "
+              f"{'built' if built else 'up to date'}: {path}")
+    if args.out is not None and cache_dir(args.out).absolute() != cache_dir().absolute():
+        print(f"training finds it with DARHT_CACHE={cache_dir(args.out)} (data.stream: true, or automatic by size)")
+    return 0
+
+
 def _add_data(sub: Any) -> None:
-    p = sub.add_parser("data", help="data sets: info, download")
+    p = sub.add_parser("data", help="data sets: info, download, cache")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     q = dsub.add_parser("info", help="size, classes, shape and location of a data set")
     q.add_argument("name")
@@ -69,6 +91,15 @@ def _add_data(sub: Any) -> None:
     q.add_argument("--root", help="target directory (default ~/.cache/darht)")
     q.add_argument("--url", help="override the source URL (file:// works)")
     q.add_argument("--sha256", help="expected SHA-256 of the archive")
+    q = dsub.add_parser("cache", help="decode a data set once into a memory-mapped uint8 cache for streaming "
+                                      "(data larger than RAM; every DDP rank maps it)")
+    q.add_argument("name")
+    q.add_argument("--root")
+    q.add_argument("--out", help="cache directory (default $DARHT_CACHE, else ~/.cache/darht/cache)")
+    q.add_argument("--split", choices=["train", "test", "all"], default="train")
+    q.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="loader option, e.g. size=32 (part of the cache's identity, as data.kwargs)")
+    q.add_argument("--force", action="store_true", help="rebuild even if an up-to-date cache exists")
     p.set_defaults(func=cmd_data)
 
 

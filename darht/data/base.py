@@ -7,6 +7,7 @@ set would take 4x the memory, and `Loader` converts each batch on the device ins
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import os
@@ -22,9 +23,16 @@ from darht.registry import DATASETS
 SPLITS = ("train", "test")
 
 
-@dataclass
+@dataclass(repr=False, eq=False)
 class ImageData:
-    """Images `x` (NCHW; uint8 means 0..255, float means [0, 1]) with int64 labels `y` [N]."""
+    """Images `x` (NCHW; uint8 means 0..255, float means [0, 1]) with int64 labels `y` [N].
+
+    In RAM (every loader's result) `x` is one tensor and `subset` copies. A *mapped* data set
+    (`darht.data.cache`: a uint8 file mapped into memory, `store` set) never copies its images:
+    its `x` is the mapped tensor itself, a subset keeps row indices into it, and `take(idx)` (what
+    `Loader` calls per batch) reads just those rows. Reading `x` of a mapped subset reads the
+    subset (a copy); `take` and `Loader` never read more than a batch.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
@@ -32,16 +40,25 @@ class ImageData:
     name: str = ""
     location: str = ""
 
+    # not fields: set by darht.data.cache on a mapped data set, carried over by subset()
+    store = None                       # the mapped file (darht.data.mapped.MappedStore) or None
+    _rows = None                       # a mapped subset: its rows (LongTensor) of the mapped tensor
+
     def __post_init__(self) -> None:
         where = self.location or self.name or "data set"
-        if self.x.dim() != 4:
-            raise DarhtError(f"{where}: images must be NCHW, got shape {tuple(self.x.shape)}")
+        if self._base.dim() != 4:
+            raise DarhtError(f"{where}: images must be NCHW, got shape {tuple(self._base.shape)}")
         self.y = torch.as_tensor(self.y, dtype=torch.int64)
-        if self.y.dim() != 1 or len(self.y) != len(self.x):
-            raise DarhtError(f"{where}: {len(self.x)} images but {self.y.numel()} labels")
+        if self.y.dim() != 1 or len(self.y) != len(self._base):
+            raise DarhtError(f"{where}: {len(self._base)} images but {self.y.numel()} labels")
         if len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= len(self.classes)):
             raise DarhtError(f"{where}: labels span {int(self.y.min())}..{int(self.y.max())}, "
                              f"outside the {len(self.classes)} classes")
+
+    def __repr__(self) -> str:  # never prints (or gathers) the pixels
+        kind = f"mapped from {self.store.path}" if self.store is not None else "in memory"
+        return (f"ImageData(name={self.name!r}, n={len(self)}, shape={self.shape}, "
+                f"dtype={self._base.dtype}, classes={self.num_classes}, {kind})")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -52,16 +69,56 @@ class ImageData:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+        return tuple(self._base.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._base.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._base.device
+
+    @property
+    def mapped(self) -> bool:
+        return self.store is not None
 
     def subset(self, idx: Sequence[int] | torch.Tensor | slice) -> "ImageData":
         if not isinstance(idx, slice):
             idx = torch.as_tensor(idx)
             idx = idx.nonzero().squeeze(1) if idx.dtype == torch.bool else idx.long()  # mask or indices
-        return ImageData(self.x[idx], self.y[idx], list(self.classes), self.name, self.location)
+        if self.store is None:  # in memory: a copy, as always
+            return ImageData(self.x[idx], self.y[idx], list(self.classes), self.name, self.location)
+        out = copy.copy(self)  # mapped: the same mapped tensor, other rows (no image is copied)
+        out.y, out.classes = self.y[idx], list(self.classes)
+        out._rows = (torch.arange(len(self)) if self._rows is None else self._rows)[idx]
+        return out
+
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """The images at positions `idx` (a LongTensor), as a new tensor: a mapped data set reads
+        only those rows from its file (`MappedStore.read`), nothing else enters memory."""
+        if self.store is None:
+            return self._base[idx]
+        return self.store.read(idx if self._rows is None else self._rows[idx.cpu()])
 
     def float_x(self) -> torch.Tensor:
-        return to_float(self.x)
+        return to_float(self.take(torch.arange(len(self))) if self.store is not None else self.x)
+
+
+def _get_x(self: ImageData) -> torch.Tensor:
+    if self._rows is None:
+        return self._base
+    return self.take(torch.arange(len(self)))  # a mapped subset: gathered on request
+
+
+def _set_x(self: ImageData, value: torch.Tensor) -> None:
+    self._base = value
+    self._rows = None
+
+
+# `x` is a property over the stored tensor (`_base`), so that a mapped subset (base + rows)
+# still reads as its own images; the dataclass __init__ assigns through it.
+ImageData.x = property(_get_x, _set_x, doc="The images, NCHW (a mapped subset gathers them).")  # type: ignore[assignment]
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -64,17 +65,63 @@ def read_images(paths: Sequence[Path], channels: int, size: int | Sequence[int] 
         raise DarhtError("no images to read")
     hw = _size_hw(size) or image_header(paths[0])[1]
     out = np.empty((len(paths), channels, *hw), dtype=np.uint8)
+    decode_into(out, paths, channels, size is not None, first=paths[0])
+    return torch.from_numpy(out)
+
+
+def decode_into(out: np.ndarray, paths: Sequence[Path], channels: int, resize: bool,
+                first: Path | None = None, pool: ThreadPoolExecutor | None = None) -> None:
+    """Decode `paths` into `out` (uint8 [len(paths), channels, H, W]), resizing to (H, W) when
+    `resize`, else refusing an image of another size (`first`: the image that set the size).
+    The one decoding path: `read_images` and the streaming cache (`darht.data.cache`) share it, so
+    a cached data set holds exactly the bytes an in-memory load decodes."""
+    hw = tuple(out.shape[2:])
+    first = first or paths[0]
 
     def one(i: int) -> None:
-        a = _decode(paths[i], channels, hw if size is not None else None)
+        a = _decode(paths[i], channels, hw if resize else None)  # type: ignore[arg-type]
         if a.shape[1:] != hw:
-            raise DarhtError(f"{paths[i]}: image is {a.shape[1]}x{a.shape[2]}, but {paths[0].name} is "
+            raise DarhtError(f"{paths[i]}: image is {a.shape[1]}x{a.shape[2]}, but {first.name} is "
                              f"{hw[0]}x{hw[1]}; pass size=... to resize")
         out[i] = a
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    if pool is not None:
         list(pool.map(one, range(len(paths))))  # list(): re-raise the first error here
-    return torch.from_numpy(out)
+        return
+    with ThreadPoolExecutor(max_workers=decode_threads()) as own:
+        list(own.map(one, range(len(paths))))
+
+
+def decode_threads() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+@dataclass
+class Listing:
+    """What an image-file data set is, without decoding it: the streaming cache builds from this."""
+
+    files: list[Path]
+    labels: list[int]
+    classes: list[str]
+    channels: int
+    hw: tuple[int, int]
+    resize: bool          # resize every image to hw (a `size` was given), else all must be hw
+    name: str
+    location: str
+
+    def read(self) -> ImageData:
+        """Decode everything into memory (the in-RAM path)."""
+        out = np.empty((len(self.files), self.channels, *self.hw), dtype=np.uint8)
+        decode_into(out, self.files, self.channels, self.resize)
+        return ImageData(torch.from_numpy(out), torch.tensor(self.labels), self.classes, self.name, self.location)
+
+
+def listing_of(files: list[Path], labels: list[int], classes: list[str], channels: int,
+               size: int | Sequence[int] | None, name: str, location: str) -> Listing:
+    if not files:
+        raise DarhtError("no images to read")
+    hw = _size_hw(size) or image_header(files[0])[1]
+    return Listing(files, labels, classes, channels, hw, size is not None, name, location)
 
 
 def auto_channels(paths: Sequence[Path]) -> int:
@@ -133,10 +180,8 @@ def _auto_channels(root: Path, split: str, files: list[Path]) -> int:
     return auto_channels(files if split == "train" else list_imagefolder(root, "train")[0])
 
 
-@DATASETS.register("imagefolder")
-def load_imagefolder(split: str = "train", root: str | Path | None = None,
-                     size: int | Sequence[int] | None = None, channels: int | None = None) -> ImageData:
-    """`channels`: 1 or 3; None = 1 if every training image is grayscale. `size`: resize to this (H, W)."""
+def _imagefolder_listing(split: str = "train", root: str | Path | None = None,
+                         size: int | Sequence[int] | None = None, channels: int | None = None) -> Listing:
     if root is None:
         raise DarhtError("imagefolder needs a root directory (data.root)")
     root = Path(root).expanduser()
@@ -144,7 +189,14 @@ def load_imagefolder(split: str = "train", root: str | Path | None = None,
     if channels not in (None, 1, 3):
         raise DarhtError(f"imagefolder: channels must be 1 or 3, got {channels}")
     ch = channels or _auto_channels(root, split, files)
-    return ImageData(read_images(files, ch, size), torch.tensor(labels), classes, "imagefolder", str(root))
+    return listing_of(files, labels, classes, ch, size, "imagefolder", str(root))
+
+
+@DATASETS.register("imagefolder")
+def load_imagefolder(split: str = "train", root: str | Path | None = None,
+                     size: int | Sequence[int] | None = None, channels: int | None = None) -> ImageData:
+    """`channels`: 1 or 3; None = 1 if every training image is grayscale. `size`: resize to this (H, W)."""
+    return _imagefolder_listing(split, root, size, channels).read()
 
 
 def _imagefolder_info(root: str | Path | None, size=None, channels=None) -> dict:
@@ -162,3 +214,5 @@ def _imagefolder_info(root: str | Path | None, size=None, channels=None) -> dict
 
 
 load_imagefolder.info = _imagefolder_info  # type: ignore[attr-defined]
+# files, labels and shape without decoding: lets `darht.data.cache` stream this data set
+load_imagefolder.listing = _imagefolder_listing  # type: ignore[attr-defined]

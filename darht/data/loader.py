@@ -1,8 +1,10 @@
 """Batches on the device: seeded order per epoch, DDP sharding, batched augmentation.
 
-No worker processes: the data set is one tensor in memory, a batch is an index into it, and
-conversion to float and augmentation run on the device, where they cost little next to a
-training step (and next to the attack steps adversarial training adds).
+No worker processes: the data set is one tensor in memory (or one mapped uint8 file, see
+`darht.data.cache`), a batch is an index into it, and conversion to float and augmentation run on
+the device, where they cost little next to a training step (and next to the attack steps
+adversarial training adds). A batch gathered on the host for a CUDA device is pinned and copied
+with non_blocking=True.
 """
 
 from __future__ import annotations
@@ -64,11 +66,15 @@ class Loader:
     of world_size (as torch's DistributedSampler), so all ranks run the same number of batches;
     a few examples then appear twice per epoch across ranks.
     `resident=True` moves the whole (uint8) data set to the device once instead of per batch.
+    Otherwise each batch is gathered on the host with `data.take` (a mapped data set reads only
+    those rows) and, for a CUDA device, pinned (`pin_memory`, default: device is CUDA) so the copy
+    runs asynchronously.
     """
 
     def __init__(self, data: ImageData, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  augment: Augment | None = None, device: str | torch.device = "cpu",
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1, resident: bool = False):
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1, resident: bool = False,
+                 pin_memory: bool | None = None):
         if batch_size < 1:
             raise DarhtError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -85,8 +91,12 @@ class Loader:
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
-        self._x = data.x.to(self.device) if resident else data.x
-        self._y = data.y.to(self.device) if resident else data.y
+        self.resident = bool(resident)
+        if self.resident:
+            self._x = data.x.to(self.device)
+            self._y = data.y.to(self.device)
+        on_host = data.device.type == "cpu" and not self.resident
+        self.pin_memory = (self.device.type == "cuda" and on_host) if pin_memory is None else bool(pin_memory)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -116,9 +126,17 @@ class Loader:
         idx = self.indices()
         for b in range(len(self)):
             i = idx[b * self.batch_size:(b + 1) * self.batch_size]
-            i_dev = i.to(self._x.device)
-            x = to_float(self._x[i_dev].to(self.device, non_blocking=True))
-            y = self._y[i.to(self._y.device)].to(self.device, non_blocking=True)
+            if self.resident:
+                x = self._x[i.to(self._x.device)]
+                y = self._y[i.to(self._y.device)]
+            else:
+                x = self.data.take(i.to(self.data.device))
+                y = self.data.y[i.to(self.data.y.device)]
+                if self.pin_memory:  # page-locked: the host-to-device copy below runs asynchronously
+                    x, y = x.pin_memory(), y.pin_memory()
+                x = x.to(self.device, non_blocking=True)
+                y = y.to(self.device, non_blocking=True)
+            x = to_float(x)
             if self.augment is not None:
                 g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.rank, b))
                 x = self.augment(x, g)

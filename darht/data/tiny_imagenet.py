@@ -14,10 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from darht.data.base import ImageData, check_split, find_location
-from darht.data.imagefolder import EXTENSIONS, image_header, read_images
+from darht.data.imagefolder import EXTENSIONS, Listing, image_header, listing_of
 from darht.errors import DarhtError
 from darht.registry import DATASETS
 
@@ -84,16 +82,21 @@ def _list(d: Path, split: str, wnids: list[str]) -> tuple[list[Path], list[int]]
     return files, labels
 
 
-@DATASETS.register("tiny-imagenet")
-def load_tiny_imagenet(split: str = "train", root: str | Path | None = None,
-                       size: int | Sequence[int] | None = None) -> ImageData:
-    """`size` resizes (e.g. 32 for CIFAR-sized models); default keeps 64x64."""
+def _listing(split: str = "train", root: str | Path | None = None,
+             size: int | Sequence[int] | None = None) -> Listing:
     check_split("tiny-imagenet", split)
     d = find_location("tiny-imagenet", root, _probe)
     wnids, classes = _classes(d)
     files, labels = _list(d, split, wnids)
-    x = read_images(files, 3, size)  # 3 channels: a few Tiny ImageNet JPEGs are grayscale
-    return ImageData(x, torch.tensor(labels), classes, "tiny-imagenet", str(d))
+    # 3 channels: a few Tiny ImageNet JPEGs are grayscale
+    return listing_of(files, labels, classes, 3, size, "tiny-imagenet", str(d))
+
+
+@DATASETS.register("tiny-imagenet")
+def load_tiny_imagenet(split: str = "train", root: str | Path | None = None,
+                       size: int | Sequence[int] | None = None) -> ImageData:
+    """`size` resizes (e.g. 32 for CIFAR-sized models); default keeps 64x64."""
+    return _listing(split, root, size).read()
 
 
 def _info(root: str | Path | None, size: int | Sequence[int] | None = None) -> dict:
@@ -110,3 +113,4 @@ def _info(root: str | Path | None, size: int | Sequence[int] | None = None) -> d
 
 
 load_tiny_imagenet.info = _info  # type: ignore[attr-defined]
+load_tiny_imagenet.listing = _listing  # type: ignore[attr-defined]  # streamable (darht.data.cache)

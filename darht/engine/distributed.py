@@ -1,15 +1,16 @@
 """Data-parallel training under `torchrun` (gloo on CPU, nccl on CUDA).
 
-Why gradients are averaged by hand instead of wrapping the model in DistributedDataParallel:
-a method calls the model several times per step (TRADES: f(x) and f(x')), and its inner attack
-back-propagates to the *input* with the model in eval mode. DDP's reducer fires its all-reduce
-hooks on every backward pass through the wrapped module and expects exactly one per forward, so
-attack gradients would either trigger spurious reductions or break DDP's bookkeeping. Instead
-every rank keeps the plain module (the method holds it), starts from rank 0's weights, and after
-the one real backward of a step the gradients are all-reduced and divided by the world size.
-With identical starting weights, identical averaged gradients and the same optimizer, all ranks
-stay bit-identical, for any method. BatchNorm buffers are per rank during an epoch and are
-synchronised from rank 0 before validation/saving (as DDP does with broadcast_buffers).
+The training forward goes through `DistributedDataParallel` (`wrap`), so gradient all-reduce
+overlaps the backward pass. A method calls the model several times per step (TRADES: f(x) and
+f(x')) and its inner attack back-propagates to the *input* with the model in eval mode: the
+attacks therefore call the module *without* the DDP wrapper (`Method.perturb`), whose backward
+passes touch no parameter gradient and fire no reducer hook; only the one real backward of a
+step, through the wrapper, is reduced. Several forwards through the wrapper before that one
+backward are fine. DDP broadcasts rank 0's buffers (BatchNorm statistics) before every training
+forward; the trainer broadcasts them once more after each epoch, so validation and the saved
+weights see rank 0's. SyncBatchNorm (`sync_bn`) runs only on CUDA. Collectives on host values
+(epoch sums, validation counts) go through `all_reduce_floats`: float64 where the backend keeps
+it, never on the hot path.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-BUCKET_NUMEL = 1 << 24  # ~64 MB of fp32 per all-reduce: bounded extra memory
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass
@@ -77,29 +76,37 @@ def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
             dist.broadcast(b.data, src)
 
 
-def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
-    """grad <- mean over ranks of grad, in flattened buckets (one all-reduce per bucket).
-    Parameters without a gradient on this rank keep None (all ranks run the same code path)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    bucket: list[torch.Tensor] = []
-    size = 0
-    for g in grads + [None]:
-        if g is not None and (not bucket or (g.dtype == bucket[0].dtype and size + g.numel() <= BUCKET_NUMEL)):
-            bucket.append(g)
-            size += g.numel()
-            continue
-        if bucket:
-            flat = _flatten_dense_tensors(bucket)
-            dist.all_reduce(flat)
-            flat /= world_size
-            for dst, src in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
-                dst.copy_(src)
-        bucket, size = ([g], g.numel()) if g is not None else ([], 0)
+def wrap(model: nn.Module, device: torch.device, *, find_unused: bool = False,
+         bf16_compress: bool = False) -> DistributedDataParallel:
+    """`model` in DistributedDataParallel (its state is broadcast from rank 0 here).
+
+    `find_unused`: some trainable parameter may get no gradient in a step (DDP must then look for
+    it each step, or it waits for it forever). `bf16_compress`: all-reduce gradients in bf16 (DDP's
+    compression hook; half the traffic, gradients rounded to bf16 before averaging)."""
+    wrapped = DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused, gradient_as_bucket_view=True)  # buffers: rank 0's each forward
+    if bf16_compress:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        wrapped.register_comm_hook(None, default_hooks.bf16_compress_hook)
+    return wrapped
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     dist.all_reduce(t)
     return t
+
+
+def all_reduce_floats(values: list[float], info: DistInfo) -> list[float]:
+    """Sums over ranks of host numbers (once per epoch: not the hot path). float64 on the
+    backend's own device (CUDA for nccl, the host for gloo): no float64 on MPS."""
+    if not info.enabled:
+        return list(values)
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor(values, dtype=torch.float64, device=on)
+    dist.all_reduce(t)
+    return t.tolist()
 
 
 def all_gather_object(obj: object, info: DistInfo) -> list:

@@ -15,7 +15,8 @@ from darht.methods.base import teacher_specs
 from darht.registry import METHODS
 
 # Keys that cannot change what is computed: they may differ between a run and its --resume.
-RESUME_SILENT_KEYS = frozenset({"progress", "device", "workers", "out"})
+# data.stream: a streamed run reads bit-identical batches (darht.data.cache).
+RESUME_SILENT_KEYS = frozenset({"progress", "device", "workers", "out", "data.stream"})
 
 
 def config_differences(old: dict, new: dict) -> list[str]:

@@ -1,6 +1,7 @@
 """Set-up of a training run, done once before the loop: data and loader (the global batch split
 over the ranks), teachers, the model and its method, AMP autocast, starting weights,
-torch.compile (checked, with a fallback) and the optional TensorBoard writer."""
+torch.compile (checked, with a fallback), the DDP wrapper under torchrun, the CUDA backend
+switches (cudnn.benchmark, TF32) and the optional TensorBoard writer."""
 
 from __future__ import annotations
 
@@ -26,8 +27,21 @@ from darht.registry import METHODS
 
 
 def build_data(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device) -> tuple[ImageData, ImageData, Loader]:
-    """(train split, held-out validation split, this rank's loader over the train split)."""
-    data = load_dataset(cfg.data.name, "train", cfg.data.root, **cfg.data.kwargs)
+    """(train split, held-out validation split, this rank's loader over the train split).
+
+    Data larger than memory is streamed from a mapped uint8 cache (`darht.data.cache`, shared by
+    the ranks of a machine) when data.stream is true, or when null and the decoded split is large;
+    the batches are bit-identical to an in-memory run's."""
+    from darht.data.cache import choose_stream, open_cached, ranks_here
+
+    stream, why = choose_stream(cfg.data.stream, cfg.data.name, "train", cfg.data.root,
+                                ranks_here(info.world_size), **cfg.data.kwargs)
+    if stream:
+        data = open_cached(cfg.data.name, "train", cfg.data.root, **cfg.data.kwargs)  # the rank that builds says so
+        if info.is_main:
+            print(f"note: streaming {cfg.data.name} from {data.store.path} ({why})", file=sys.stderr)
+    else:
+        data = load_dataset(cfg.data.name, "train", cfg.data.root, **cfg.data.kwargs)
     if cfg.data.limit is not None:
         data = data.subset(slice(0, cfg.data.limit))
     train, val = split_train_val(data, cfg.data.val_fraction, cfg.seed)
@@ -41,9 +55,14 @@ def build_data(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device) -> tu
     return train, val, loader
 
 
-def build_model(cfg: TrainConfig, data: ImageData, device: torch.device) -> tuple[nn.Module, nn.Module, Method]:
-    """(the plain model: saved, all-reduced, broadcast; the module the method calls, compiled when
-    asked; the method, holding its frozen teachers)."""
+def build_model(cfg: TrainConfig, data: ImageData, device: torch.device,
+                info: ddp.DistInfo | None = None) -> tuple[nn.Module, nn.Module, Method]:
+    """(the plain model: saved, broadcast; the module validation and the inner attacks call,
+    compiled when asked; the method, holding its frozen teachers).
+
+    With more than one rank the method trains through a DistributedDataParallel wrapper (compiled
+    too when asked; SyncBatchNorm first with `sync_bn` on CUDA) and attacks the module without it;
+    a single process runs exactly as without DDP."""
     method_cls = METHODS.get(cfg.method)
     specs = teacher_specs(method_cls, cfg.teachers)  # in the method's role order
     c, h, _ = data.shape
@@ -54,6 +73,13 @@ def build_model(cfg: TrainConfig, data: ImageData, device: torch.device) -> tupl
     if cfg.model.weights:
         load_weights(model, cfg.model.weights)
     model = model.to(device)
+    parallel = info is not None and info.enabled
+    if parallel and cfg.sync_bn:
+        if device.type == "cuda":  # same state-dict keys: checkpoints load either way
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif info.is_main:
+            print(f"note: sync_bn needs CUDA (SyncBatchNorm has no {device.type} kernel); "
+                  "BatchNorm statistics stay per rank", file=sys.stderr)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = maybe_compile(model, data, device) if cfg.compile else model
@@ -61,7 +87,27 @@ def build_model(cfg: TrainConfig, data: ImageData, device: torch.device) -> tupl
         method = method_cls(net, teachers=teachers, **cfg.method_args)
     except (TypeError, ValueError) as e:
         raise DarhtError(f"method '{cfg.method}': bad method_args: {e}") from None
+    if parallel:
+        wrapped: nn.Module = ddp.wrap(model, device, find_unused=method_cls.unused_parameters,
+                                      bf16_compress=cfg.ddp_bf16_compress)
+        if net is not model:  # compiled (the trial passed): compile the wrapper, DDP's way
+            wrapped = maybe_compile(wrapped, data, device, attack=False)
+        method.use_model(wrapped, attack_model=net)
     return model, net, method
+
+
+def configure_backends(cfg: TrainConfig, device: torch.device) -> None:
+    """cudnn.benchmark and TF32 as configured; both act only on CUDA (elsewhere: nothing)."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)
+    precision = "tf32" if cfg.tf32 else "ieee"
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the per-backend precision API
+        matmul.fp32_precision = precision
+        conv.conv.fp32_precision = precision
+    else:
+        matmul.allow_tf32 = conv.allow_tf32 = bool(cfg.tf32)
 
 
 def autocast_for(amp: str, device: torch.device) -> Callable[[], Any]:
@@ -79,8 +125,9 @@ def load_weights(model: nn.Module, path: str) -> None:
     load_state(model, state, what=f"model.weights {path}")
 
 
-def maybe_compile(model: nn.Module, data: Any, device: torch.device) -> nn.Module:
-    """torch.compile, checked with one forward+backward (compilation is lazy); on failure warn and
+def maybe_compile(model: nn.Module, data: Any, device: torch.device, *, attack: bool = True) -> nn.Module:
+    """torch.compile, checked with one training forward+backward (compilation is lazy) and, with
+    `attack`, one input gradient in eval mode (what the inner attacks take); on failure warn and
     train uncompiled. The trial leaves weights, buffers, grads and RNG streams as they were."""
     try:
         compiled = torch.compile(model)
@@ -89,7 +136,11 @@ def maybe_compile(model: nn.Module, data: Any, device: torch.device) -> nn.Modul
         try:
             x = data.subset(slice(0, 2)).float_x().to(device)
             compiled.train()(x).float().sum().backward()
+            if attack:
+                xg = x.clone().requires_grad_(True)
+                torch.autograd.grad(compiled.eval()(xg).float().sum(), xg)
         finally:
+            compiled.train()
             model.load_state_dict(saved)
             model.zero_grad(set_to_none=True)
             ckpt.set_rng_state(rng)

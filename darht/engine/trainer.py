@@ -2,7 +2,8 @@
 
 The method (darht.methods) turns a batch into losses; the trainer owns everything else: data,
 optimizer and lr schedule, AMP, validation on a held-out split of train (never the test set),
-the choice of the best epoch, and data-parallel runs under torchrun. It never branches on the
+the choice of the best epoch, and data-parallel runs under torchrun (the method trains through a
+DistributedDataParallel wrapper, set up in darht.engine.setup). It never branches on the
 method's name. What a run writes to `cfg.out` (records, weights, last.pt), in which order, and
 how `--resume` continues a killed run to the very same weights and records, is
 darht.engine.rundir's: the loop holds one RunDir and calls it at set-up and once per epoch.
@@ -23,7 +24,7 @@ from darht.engine import distributed as ddp
 from darht.engine.lock import rank0_lock
 from darht.engine.rundir import RunDir, Trainables, log
 from darht.engine.schedules import LRSchedule
-from darht.engine.setup import autocast_for, build_data, build_model
+from darht.engine.setup import autocast_for, build_data, build_model, configure_backends
 from darht.engine.validate import is_better, validate
 from darht.errors import DarhtError
 from darht.utils import resolve_device, seed_everything
@@ -81,6 +82,7 @@ class _Run:
             self.dir.best = state.get("best", self.dir.best)
             return self.dir.summary(state["epoch"])
         seed_everything(cfg.seed)
+        configure_backends(cfg, self.device)
         self._setup_data()
         self._setup_model()
         start = 0 if state is None else self.dir.restore(state, self.trainables)
@@ -98,7 +100,9 @@ class _Run:
 
     def _setup_model(self) -> None:
         cfg, device = self.cfg, self.device
-        self.model, self.net, self.method = build_model(cfg, self.data, device)  # model: the plain module
+        # model: the plain module (saved); net: what validation and the inner attacks call (compiled
+        # when asked); the method trains through its own `model` (a DDP wrapper with several ranks)
+        self.model, self.net, self.method = build_model(cfg, self.data, device, self.info)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
         self.schedule = LRSchedule(self.optimizer, cfg.optim, cfg.epochs, len(self.loader),
@@ -131,10 +135,10 @@ class _Run:
     def _train_epoch(self, epoch: int) -> dict:
         cfg, info, model = self.cfg, self.info, self.model
         self.loader.set_epoch(epoch)
-        self.net.train()  # the module the method calls (a compiled wrapper's flag must follow too)
+        self.net.train()  # what validation/attacks call (a compiled wrapper's flag must follow too)
+        self.method.model.train()  # what the method trains through (a DDP wrapper, maybe compiled)
         params = [p for p in model.parameters() if p.requires_grad]
-        sums: dict[str, torch.Tensor] = {}
-        count = torch.zeros((), dtype=torch.float64, device=self.device)
+        sums = _EpochSums(self.device)
         n_batches = len(self.loader)
         every = max(1, n_batches // 20)  # progress-bar refreshes: each one costs a device sync
         bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
@@ -148,22 +152,15 @@ class _Run:
             with self.autocast():
                 out = self.method.loss(x, y)
             self._step(out["loss"], params)
-            n = y.shape[0]
-            count += n
-            for key, v in out.items():  # detached sums; converted once per epoch (no per-step sync)
-                part = v.detach().double() * n
-                sums[key] = sums[key] + part if key in sums else part
+            sums.add(out, y.shape[0])
             bar.update(1)
             if not bar.disable and (it + 1) % every == 0:
-                seen = count.item() * info.world_size
-                bar.set_postfix(loss=f"{(sums['loss'] / count).item():.4f}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                seen = sums.count * info.world_size
+                bar.set_postfix(loss=f"{sums.mean('loss'):.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         bar.close()
-        keys = sorted(sums)  # every rank has the same keys: same method, same code path
-        totals = torch.stack([sums[k] for k in keys] + [count])
-        if info.enabled:
-            ddp.all_reduce_sum(totals)
-        totals = totals.tolist()
+        local = sums.totals()
+        keys = sorted(local)  # every rank has the same keys: same method, same code path
+        totals = ddp.all_reduce_floats([local[k] for k in keys] + [float(sums.count)], info)
         n_total = totals[-1]
         means = {f"train_{k}": (v / n_total if n_total else math.nan) for k, v in zip(keys, totals)}
         if not math.isfinite(means.get("train_loss", 0.0)):  # checked once per epoch: no extra syncs
@@ -174,9 +171,7 @@ class _Run:
 
     def _step(self, loss: torch.Tensor, params: list[nn.Parameter]) -> None:
         scaler = self.scaler
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        if self.info.enabled:
-            ddp.average_gradients(params, self.info.world_size)
+        (scaler.scale(loss) if scaler is not None else loss).backward()  # DDP averages the gradients
         if self.cfg.optim.grad_clip:
             if scaler is not None:
                 scaler.unscale_(self.optimizer)
@@ -199,10 +194,7 @@ class _Run:
         counts = validate(self.net, part.float_x(), part.y, cfg.eval.attack, eps=cfg.eval.eps,
                           steps=cfg.eval.steps, batch_size=cfg.batch_size, device=self.device,
                           eot=cfg.eval.eot, draws=cfg.eval.draws)
-        totals = torch.tensor(counts, dtype=torch.float64, device=self.device)
-        if info.enabled:
-            ddp.all_reduce_sum(totals)
-        clean, robust, total = totals.tolist()
+        clean, robust, total = ddp.all_reduce_floats(list(counts), info)
         return {"val_clean": clean / total, "val_robust": robust / total, "val_examples": int(total)}
 
     def _update_best(self, epoch: int, val: dict) -> bool:
@@ -219,6 +211,58 @@ class _Run:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+class _EpochSums:
+    """Example-weighted sums of the method's loss parts over an epoch.
+
+    Each step's parts stay on the device as one float32 vector (no sync, no float64: MPS has
+    none; every `COMPACT` steps they are stacked into one tensor there, still without a sync);
+    they are copied to the host and summed in float64 only when the progress bar asks and at the
+    end of the epoch, so the epoch means are as accurate as a float64 running sum."""
+
+    COMPACT = 256
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.count = 0                     # examples so far (host)
+        self._sums: dict[str, float] = {}  # copied-out sums (host, float64)
+        self._steps: list[tuple[tuple[str, ...], torch.Tensor, int]] = []           # (keys, [K], n)
+        self._chunks: list[tuple[tuple[str, ...], torch.Tensor, list[int]]] = []   # (keys, [S, K], ns)
+
+    def add(self, out: dict[str, torch.Tensor], n: int) -> None:
+        # .to(): a part may be a CPU scalar (e.g. a python-side weight) next to device tensors
+        parts = torch.stack([v.detach().to(self.device, torch.float32).reshape(()) for v in out.values()])
+        self._steps.append((tuple(out), parts, n))
+        self.count += n
+        if len(self._steps) >= self.COMPACT:
+            self._compact()
+
+    def _compact(self) -> None:
+        steps, self._steps = self._steps, []
+        i = 0
+        while i < len(steps):  # runs of steps with the same parts: one tensor each
+            keys, j = steps[i][0], i
+            while j < len(steps) and steps[j][0] == keys:
+                j += 1
+            self._chunks.append((keys, torch.stack([t for _, t, _ in steps[i:j]]), [n for *_, n in steps[i:j]]))
+            i = j
+
+    def _flush(self) -> None:
+        self._compact()
+        chunks, self._chunks = self._chunks, []
+        for keys, vals, ns in chunks:
+            w = torch.tensor(ns, dtype=torch.float64)[:, None]                    # [S, 1]
+            for k, v in zip(keys, (vals.cpu().double() * w).sum(0).tolist()):  # one copy per chunk
+                self._sums[k] = self._sums.get(k, 0.0) + v
+
+    def totals(self) -> dict[str, float]:
+        self._flush()
+        return dict(self._sums)
+
+    def mean(self, key: str) -> float:
+        self._flush()
+        return self._sums.get(key, math.nan) / max(self.count, 1)
+
+
 def _epoch_line(r: dict, epochs: int) -> str:
     val = f" val clean {r['val_clean']:.4f} robust {r['val_robust']:.4f}" if "val_clean" in r else ""
     return (f"epoch {r['epoch']}/{epochs} lr {r['lr']:.4g} loss {r['train_loss']:.4f}{val} "

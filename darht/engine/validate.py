@@ -33,7 +33,7 @@ def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, *,
     kw = {steps_key: steps} if steps_key and steps > 0 else {}
     was_training = model.training
     model.eval()
-    clean = robust = 0.0
+    parts: list[torch.Tensor] = []  # per batch [#clean, #robust] on the device: one sync at the end
     try:
         randomized = is_randomized(model, x[:batch_size].to(device))
         key = ATTACKS.meta(attack).get("eot")
@@ -45,8 +45,10 @@ def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, *,
             ok = score(model, xb, yb, n_draws, batch_size)[0]
             ok_adv = judge(model, run_attack(attack, model, xb, yb, eps, kw, randomized), yb, n_draws,
                            batch_size)[0]
-            clean += ok.sum().item()
-            robust += torch.minimum(ok, ok_adv).sum().item()
+            parts.append(torch.stack([ok.sum(), torch.minimum(ok, ok_adv).sum()]).float())
     finally:
         model.train(was_training)
+    if not parts:
+        return 0.0, 0.0, len(y)
+    clean, robust = torch.stack(parts).cpu().double().sum(0).tolist()  # float64 on the host only
     return clean, robust, len(y)

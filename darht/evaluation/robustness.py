@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from darht.errors import DarhtError
 from darht.evaluation.checks import sanity_checks
-from darht.evaluation.spec import EvalSpec, Resolved, attack_kwargs, judge, resolve, run_attack, trial_indices
+from darht.evaluation.spec import (EvalSpec, Resolved, attack_kwargs, device_batch, ieee_fp32, judge, resolve,
+                                   run_attack, trial_indices)
 from darht.evaluation.sweep import eot_sweep
 from darht.evaluation.verdict import is_randomized, score
 from darht.models.student import unwrap_student
@@ -34,10 +35,15 @@ def per_example_results(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec
     and 'strict' (all draws correct) for 'clean', every attack and 'worst' (per-example minimum
     over the attacks), plus 'own' (pyautoattack's verdict, ensembles on randomized models only)."""
     model.eval()
-    xs, ys = x.to(device), y.to(device)
-    clean, clean_strict = score(model, xs, ys, res.draws, spec.batch_size)
-    robust, strict, own = {"clean": clean.cpu()}, {"clean": clean_strict.cpu()}, {}
-    todo = (clean > 0).nonzero().flatten().cpu()   # examples never classified correctly are not attacked
+    bs = spec.batch_size
+    # per batch: x may be a uint8 pool, converted on the device one batch at a time (same batches
+    # and RNG stream as scoring the whole pool at once)
+    scores = [score(model, device_batch(x[i:i + bs], device), y[i:i + bs].to(device), res.draws, bs)
+              for i in range(0, len(x), bs)]
+    clean = torch.cat([c for c, _ in scores]).cpu() if scores else torch.zeros(0)
+    clean_strict = torch.cat([s for _, s in scores]).cpu() if scores else torch.zeros(0, dtype=torch.bool)
+    robust, strict, own = {"clean": clean}, {"clean": clean_strict}, {}
+    todo = (clean > 0).nonzero().flatten()   # examples never classified correctly are not attacked
     batches = math.ceil(len(todo) / spec.batch_size) if len(todo) else 0
     bar = tqdm(total=batches * len(res.attacks), desc="attacks", disable=not spec.progress, leave=False)
     for name in res.attacks:
@@ -46,7 +52,7 @@ def per_example_results(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec
         verdict = None
         for i in range(0, len(todo), spec.batch_size):
             idx = todo[i:i + spec.batch_size]
-            xb, yb = x[idx].to(device), y[idx].to(device)
+            xb, yb = device_batch(x[idx], device), y[idx].to(device)
             out = run_attack(name, model, xb, yb, spec.eps, kw, res.randomized)
             fr, st, _ = judge(model, out, yb, res.draws, spec.batch_size)
             r[idx], s[idx] = fr.cpu(), st.cpu()
@@ -63,6 +69,20 @@ def per_example_results(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec
         robust["worst"] = torch.stack([robust[a] for a in res.attacks]).min(0).values
         strict["worst"] = torch.stack([strict[a] for a in res.attacks]).all(0)
     return {"robust": robust, "strict": strict, "own": own}
+
+
+class _FloatBatches:
+    """x as the EOT sweep indexes it (`len(x)`, `x[idx]`), each indexed batch converted to float on
+    its own: the sweep (darht.evaluation.sweep) takes float images, and the pool stays uint8."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return device_batch(self.x[idx], self.x.device)
 
 
 def summarize(results: dict[str, torch.Tensor], subsets: list[torch.Tensor]) -> dict:
@@ -122,9 +142,18 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: EvalSpec,
              device: torch.device) -> dict:
     """Run the evaluation and return a JSON-able record (without model/data descriptions).
 
+    x: images [N, C, H, W], uint8 (0..255, e.g. `ImageData.x`) or float in [0, 1]; uint8 is
+    converted to float one batch at a time on `device` (bit-identical to passing `float_x()`).
     A randomized model is judged by the verdict rule (darht.evaluation.verdict) and attacked with
     EOT; a DARHT student in MC mode is evaluated a second time with dropout off (`faces`).
+    On CUDA it runs in exact fp32 (no TF32: `ieee_fp32`).
     """
+    with ieee_fp32(device):
+        return _evaluate(model, x, y, spec, device)
+
+
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: EvalSpec,
+              device: torch.device) -> dict:
     for name in spec.attacks or []:
         ATTACKS.get(name)  # unknown names fail before any work
     if not 0 <= spec.eps <= 1:
@@ -143,25 +172,23 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: EvalSpec,
     remap[pool] = torch.arange(len(pool))
     subsets = [remap[s] for s in subsets]
     xp, yp = x[pool], y[pool]
-    probe = xp[: spec.batch_size].to(device)
+    probe = device_batch(xp[: spec.batch_size], device)
     with torch.no_grad():
         num_classes = int(model(probe[:1]).shape[1]) if len(probe) else 0
     res = resolve(spec, is_randomized(model, probe), num_classes)
     record = _evaluate_face(model, xp, yp, spec, device, res, subsets, index[pool])
     if res.randomized and spec.eot_sweep:
-        record["eot_sweep"] = eot_sweep(model, xp, yp, spec, device, res, record)
+        record["eot_sweep"] = eot_sweep(model, _FloatBatches(xp), yp, spec, device, res, record)
     record["trial_positions"] = [s.tolist() for s in subsets]
     record["trials_disjoint"] = disjoint
-    record["checks"] = sanity_checks(model, xp[: spec.batch_size], yp[: spec.batch_size], record, device,
-                                     res=res)
+    record["checks"] = sanity_checks(model, probe, yp[: spec.batch_size], record, device, res=res)
     student = unwrap_student(model)
     if spec.faces and res.randomized and student is not None and not student.deterministic:
         student.set_deterministic(True)
         try:  # the face RobustBench would accept: dropout off, a deterministic model
             det = Resolved(list(res.attacks), False, 1, 1, False)
             face = _evaluate_face(model, xp, yp, spec, device, det, subsets, index[pool])
-            face["checks"] = sanity_checks(model, xp[: spec.batch_size], yp[: spec.batch_size], face, device,
-                                           res=det)
+            face["checks"] = sanity_checks(model, probe, yp[: spec.batch_size], face, device, res=det)
         finally:
             student.set_deterministic(False)
         record["face"] = "mc"

@@ -2,17 +2,22 @@
 model (`resolve`), the seeded trials, and one attack's run and verdict on one batch (`run_attack`,
 `judge`). Shared by the evaluation (darht.evaluation.robustness), the EOT sweep
 (darht.evaluation.sweep) and validation during training (darht.engine.validate).
+
+Images may be given as uint8 (0..255, as data sets store them) or float [0, 1]; `device_batch`
+converts one batch at a time on the device, so a whole split never exists as float.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from darht.attacks.core import AttackOutput
+from darht.data.base import to_float
 from darht.evaluation.verdict import DEFAULT_DRAWS, score
 from darht.registry import ATTACKS
 
@@ -48,6 +53,13 @@ class Resolved:
     eot: int                         # 1 for a deterministic model
     draws: int                       # 1 for a deterministic model
     eot_explicit: bool
+
+
+def device_batch(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A batch of images on `device` as float [0, 1]: uint8 moves as uint8 (a quarter of the bytes)
+    and is converted there by `ImageData.float_x`'s formula (`darht.data.base.to_float`), so the
+    values are bit-identical to converting the whole split first; float passes through."""
+    return to_float(x.to(device))
 
 
 def resolve(spec: EvalSpec, randomized: bool, num_classes: int) -> Resolved:
@@ -114,3 +126,20 @@ def judge(model: nn.Module, out: AttackOutput, yb: torch.Tensor, draws: int,
         pick = torch.stack([score(model, c, yb, draws, batch_size)[0] for c in out.candidates]).argmin(0)
         chosen = torch.stack(out.candidates)[pick, torch.arange(len(yb), device=yb.device)]
     return (*score(model, chosen, yb, draws, batch_size), chosen)
+
+
+@contextmanager
+def ieee_fp32(device: torch.device) -> Iterator[None]:
+    """On CUDA, exact fp32 matmuls and convolutions (no TF32) for the duration, then the previous
+    settings: reported robustness comes from attacks and verdicts at full precision, whatever a
+    training run chose (`tf32`). Elsewhere: nothing."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (matmul.allow_tf32, conv.allow_tf32)
+    matmul.allow_tf32 = conv.allow_tf32 = False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, conv.allow_tf32 = saved

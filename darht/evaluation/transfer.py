@@ -22,6 +22,10 @@ deterministic model this is the one 0/1 prediction, and its counts are integers.
 would drop, for a model with some prediction noise, examples it classifies correctly almost
 always, and bias the sample towards easy examples. Examples are crafted on a randomized source
 with EOT (`eot` = 20 gradient draws unless attack_args sets it) when the attack takes it.
+
+Images x may be uint8 (0..255, as data sets store them) or float [0, 1], on any device (the models'
+device: nothing here moves them); uint8 is converted to float one batch at a time, by
+`ImageData.float_x`'s formula, so a whole split never exists as float and the results are the same.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from darht.data.base import to_float
 from darht.errors import DarhtError
 from darht.evaluation.verdict import DEFAULT_DRAWS, is_randomized, score
 from darht.registry import ATTACKS
@@ -45,14 +50,18 @@ def _randomized(model: nn.Module, x: torch.Tensor) -> bool:
     """The verdict rule's test (says so, or two eval-mode passes on a probe batch differ); RNG untouched."""
     model.eval()
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        return is_randomized(model, x[:_PROBE])
+        return is_randomized(model, to_float(x[:_PROBE]))
 
 
 def _frac_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, randomized: bool, draws: int,
                   batch_size: int) -> torch.Tensor:
     """Fraction of the model's predictions on x that are correct [N] (float64; 0/1 if deterministic)."""
     model.eval()
-    return score(model, x, y, draws if randomized else 1, batch_size)[0].double()
+    if len(x) == 0:
+        return torch.zeros(0, dtype=torch.float64, device=x.device)
+    # one batch at a time (uint8 converted per batch): the same batches and RNG stream as one call
+    return torch.cat([score(model, to_float(x[i:i + batch_size]), y[i:i + batch_size], draws if randomized else 1,
+                            batch_size)[0] for i in range(0, len(x), batch_size)]).double()
 
 
 def common_correct(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
@@ -104,10 +113,10 @@ def craft(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, eps: 
         kw.pop(_eot_keyword(attack, fn) or "eot", None)
         kw.pop("eot", None)
     if len(x) == 0:
-        return x.clone()
+        return to_float(x).clone()
     out = []
     for i in range(0, len(x), batch_size):
-        xa = fn(model, x[i:i + batch_size], y[i:i + batch_size], eps=eps, **kw)
+        xa = fn(model, to_float(x[i:i + batch_size]), y[i:i + batch_size], eps=eps, **kw)
         if not isinstance(xa, torch.Tensor):
             raise DarhtError(f"attack '{attack}' returns {type(xa).__name__}, transfer needs adversarial images")
         out.append(xa.detach())

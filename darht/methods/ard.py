@@ -22,7 +22,7 @@ from darht.attacks.pgd import pgd
 from darht.constraints import above, at_least, between
 from darht.methods.args import arg
 from darht.methods.base import Method
-from darht.methods.losses import kl_probs, soft_labels
+from darht.methods.losses import kl_probs, log_probs, soft_labels
 from darht.registry import METHODS
 
 
@@ -44,7 +44,7 @@ class ARD(Method):
         t = a.t
         target = soft_labels(self.teachers, x, t)                                     # clean x
         x_adv = self.perturb(pgd, x, y, eps=a.eps, alpha=a.step_size, steps=a.steps, loss="ce", start="uniform")
-        kd = t * t * kl_probs(target, F.log_softmax(self.model(x_adv) / t, dim=-1)).mean()
+        kd = t * t * kl_probs(target, log_probs(self.model(x_adv), t)).mean()
         out = {"kd": kd.detach()}
         loss = a.alpha * kd
         if a.alpha < 1:  # the clean forward only when CE counts (it also moves BN statistics)

@@ -12,7 +12,14 @@ What a method declares as class attributes, so that nothing outside its file nam
     teacher each (`teacher_roles = ("adversarial", "natural")` for MTARD); a config gives either a
     list (in role order) or a mapping role -> teacher, and `teacher_specs` puts them in order;
   - `original_schedule`: its paper's lr steps (`OriginalSchedule`), for `optim.schedule: original`;
-  - `select_by`: which validation accuracy picks the best checkpoint.
+  - `select_by`: which validation accuracy picks the best checkpoint;
+  - `unused_parameters`: True if a step may leave a trainable parameter without a gradient
+    (data-parallel training must then look for such parameters every step).
+
+Under data-parallel training the engine hands the method a DDP-wrapped model (`use_model`):
+`self.model` is what the training forward calls, `Method.perturb` attacks the module without
+the DDP wrapper (compiled when the run compiles), and `same_on_all_ranks` makes a random
+decision that must be one per global batch identical on every rank.
 """
 
 from __future__ import annotations
@@ -21,11 +28,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from darht.errors import DarhtError
 from darht.methods.args import NoArgs, parse_method_args
-from darht.models.zoo import create_model, unwrap
+from darht.models.zoo import create_model
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,26 @@ def teacher_specs(method_cls: type, teachers: list | Mapping | None) -> list:
     return specs
 
 
+def without_ddp(model: nn.Module) -> nn.Module:
+    """`model` without its DDP/DataParallel wrapper; a torch.compile wrapper around the bare
+    model is kept (the attack then runs compiled), one around DDP is dropped with it."""
+    parallel = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    inner = model._modules.get("_orig_mod")
+    if isinstance(inner, parallel):  # torch.compile(DDP(m)): compiles the wrapper's forward
+        model = inner
+    while isinstance(model, parallel):
+        model = model.module
+    return model
+
+
+def same_on_all_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's `t` on every rank under data-parallel training (ranks draw from different random
+    streams); `t` itself in a single process. For a decision made once per global batch."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(t, 0)
+    return t
+
+
 class Method:
     """Base class. Subclasses set `name`, `Args` and the teachers they take, and implement `loss`.
 
@@ -106,15 +134,30 @@ class Method:
     # which validation accuracy picks the best checkpoint: "robust" (then clean), or "clean" (then
     # robust) for methods that do not aim at robustness, e.g. MTARD's natural teacher
     select_by: str = "robust"
+    unused_parameters: bool = False
 
     def __init__(self, model: nn.Module, teachers: list[nn.Module] | None = None, **method_args: Any):
         self.args = parse_method_args(type(self), method_args)
         self.model = model
+        self._attack_model: nn.Module | None = None
         self.teachers = list(teachers or [])
         check_teachers(type(self), len(self.teachers))
         self.epoch = 0
         self.epochs = 1
         self.lr_scale = 1.0
+
+    def use_model(self, model: nn.Module, attack_model: nn.Module | None = None) -> None:
+        """Train through `model` (the engine's DDP wrapper) and attack `attack_model` (default:
+        `model` without its DDP wrapper). Both hold the same parameters as the model given at
+        construction."""
+        self.model = model
+        self._attack_model = attack_model
+
+    @property
+    def attack_model(self) -> nn.Module:
+        """What inner attacks run against: the model without DDP, compiled when the run compiles
+        (input gradients only, so no DDP reducer hook fires)."""
+        return self._attack_model if self._attack_model is not None else without_ddp(self.model)
 
     def teacher(self, role: str) -> nn.Module:
         """The teacher in `role` (one of `teacher_roles`)."""
@@ -131,13 +174,13 @@ class Method:
         self.epoch, self.epochs, self.lr_scale = epoch, epochs, lr_scale
 
     def perturb(self, attack: Callable, x: torch.Tensor, y: torch.Tensor, **kw: Any) -> torch.Tensor:
-        """`attack(bare model, x, y, **kw)` as a detached x': against the model without its DDP or
-        compile wrapper (input gradients only).
+        """`attack(self.attack_model, x, y, **kw)` as a detached x': against the model without its
+        DDP wrapper (input gradients only), compiled when the run compiles.
 
         Attacks promise to restore the model's mode; restoring it here too keeps a training step
         from silently running in eval mode (frozen BatchNorm statistics) if one ever does not.
         """
-        model = unwrap(self.model)
+        model = self.attack_model
         # per submodule, so parts deliberately kept in eval mode inside a training model stay so
         modes = [(m, m.training) for m in model.modules()]
         try:

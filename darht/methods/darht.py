@@ -13,7 +13,8 @@ darht (paper, the default):
   - MC dropout: dropout 0.3, 8 samples of the head (see darht.models.student).
 darht-official (switches only):
   - KL(softmax T_j || softmax S^(Tj)); w_j = exp(-mean_i CE(T_j(x_i), y_i)), not normalised;
-  - one coin per batch (the whole batch is adversarial or clean);
+  - one coin per batch (the whole batch is adversarial or clean; under DDP one per global batch,
+    rank 0's, so every rank's share of the batch gets the same coin);
   - no MC dropout (dropout 0, one sample: the student is deterministic);
   - phases: CE only before 50/350 of the run, CE + KD until 118/350, KD only after;
   - inner attack CE-PGD eps 0.031, step 0.003, 10 steps, start x + 0.001 N(0, I).
@@ -47,8 +48,8 @@ from torch import nn
 from darht.constraints import at_least, between
 from darht.errors import DarhtError
 from darht.methods.args import FAT_TAU, ArgError, StepSchedule, arg
-from darht.methods.base import Method, OriginalSchedule
-from darht.methods.losses import kl_logits
+from darht.methods.base import Method, OriginalSchedule, same_on_all_ranks
+from darht.methods.losses import kl_logits, log_probs
 from darht.models.student import unwrap_student
 from darht.models.zoo import create_model
 from darht.registry import ATTACKS, METHODS
@@ -161,8 +162,8 @@ class Darht(Method):
 
     def choose(self, n: int, device: torch.device) -> torch.Tensor:
         """Bool [n]: which examples become adversarial (per example, or one coin per batch)."""
-        if self.official:
-            return (torch.rand(1, device=device) < self.args.adv_prob).expand(n)
+        if self.official:  # one coin per global batch: rank 0's under DDP
+            return (same_on_all_ranks(torch.rand(1, device=device)) < self.args.adv_prob).expand(n)
         return torch.rand(n, device=device) < self.args.adv_prob
 
     def inner_attack(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -194,8 +195,8 @@ class Darht(Method):
             n, j = t_logits.shape[:2]
             t_ce = F.cross_entropy(t_logits.transpose(1, 2), y[:, None].expand(n, j),
                                    reduction="none")                 # [N,J]
-        log_s = F.log_softmax(maps.float(), dim=-1)
-        log_t = F.log_softmax(t_logits, dim=-1)
+        log_s = log_probs(maps)
+        log_t = log_probs(t_logits)
         if self.official:
             w = torch.exp(-t_ce.mean(0))                              # [J], unnormalised
             kl = kl_logits(log_t, log_s)                              # [N,J]  KL(T || S^(T))
@@ -221,5 +222,6 @@ class DarhtOfficial(Darht):
     name = "darht-official"
     official = True
     default_dropout, default_mc_samples = 0.0, 1
+    unused_parameters = True  # the KD-only phase leaves the final classifier without a gradient
     inner_overrides = {"pgd": {"eps": 0.031, "alpha": 0.003, "start": "normal"}}  # the released code's
     original_schedule = None  # none: the released code's schedule starts at lr 0, a bug not reproduced

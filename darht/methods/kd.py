@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from darht.constraints import above, between
 from darht.methods.args import arg
 from darht.methods.base import Method
-from darht.methods.losses import kl_probs, soft_labels
+from darht.methods.losses import kl_probs, log_probs, soft_labels
 from darht.registry import METHODS
 
 
@@ -35,6 +35,6 @@ class KD(Method):
         a, t = self.args.alpha, self.args.t
         target = soft_labels(self.teachers, x, t)                  # [N,K]
         logits = self.model(x)
-        kd = t * t * kl_probs(target, F.log_softmax(logits / t, dim=-1)).mean()
+        kd = t * t * kl_probs(target, log_probs(logits, t)).mean()
         ce = F.cross_entropy(logits, y)
         return {"loss": a * kd + (1 - a) * ce, "ce": ce.detach(), "kd": kd.detach()}

@@ -17,14 +17,26 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def kl_logits(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """KL(p || q) summed over the last dim, from log-probabilities (safe for p -> 0 with grad)."""
+    log_p, log_q = _wide(log_p), _wide(log_q)
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 def kl_probs(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """KL(p || q) summed over the last dim, p given as probabilities (0 log 0 = 0)."""
+    p, log_q = _wide(p), _wide(log_q)
     return (torch.xlogy(p, p) - p * log_q).sum(-1)
+
+
+def log_probs(logits: torch.Tensor, t: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / t) over the last dim, in float32 (a bf16 log-softmax under autocast
+    would round away what the KL measures)."""
+    return F.log_softmax(_wide(logits) / t, dim=-1)
 
 
 def soft_labels(teachers: Iterable[nn.Module], x: torch.Tensor, t: float = 1.0) -> torch.Tensor:
@@ -47,5 +59,5 @@ def trades_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
     Gradient flows through both p and q (the clean branch is not detached), as in TRADES' code.
     """
     ce = F.cross_entropy(logits_nat, y)
-    kl = kl_logits(F.log_softmax(logits_nat, dim=1), F.log_softmax(logits_adv, dim=1)).mean()
+    kl = kl_logits(log_probs(logits_nat), log_probs(logits_adv)).mean()
     return {"loss": ce + beta * kl, "ce": ce.detach(), "kl": kl.detach(), "adv_acc": accuracy(logits_adv, y)}

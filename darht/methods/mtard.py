@@ -10,6 +10,8 @@ Adaptive weights, 0.5/0.5 at first, updated every step before the backward pass:
     w_adv = 1 - w_nat,            eta_eff = eta * lr_scale  (eta decays with the lr; eta = 0.025).
 loss = w_adv L_adv + w_nat L_nat. The weights and first-step losses are resumable state.
 Under DDP the two losses are averaged over ranks before the update so every rank keeps the same weights.
+The weights live on the batch's device as float64 0-dim tensors (the float64 arithmetic of Python
+floats, without a host sync per step); `state_dict()` hands them back as plain numbers.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from darht.attacks.pgd import pgd
 from darht.constraints import between
 from darht.methods.args import PGDArgs, arg
 from darht.methods.base import Method
-from darht.methods.losses import kl_probs
+from darht.methods.losses import kl_probs, log_probs
 from darht.registry import METHODS
 
 
@@ -41,18 +43,32 @@ class MTARD(Method):
 
     def __init__(self, model: nn.Module, teachers: list[nn.Module] | None = None, **method_args):
         super().__init__(model, teachers, **method_args)
-        self.w_nat = 0.5
-        self.init_adv: float | None = None  # L_adv, L_nat at the first step
-        self.init_nat: float | None = None
+        # numbers until the first step (or after a resume); 0-dim tensors on the batch's device after it
+        self.w_nat: float | torch.Tensor = 0.5
+        self.init_adv: float | torch.Tensor | None = None  # L_adv, L_nat at the first step
+        self.init_nat: float | torch.Tensor | None = None
 
-    def update_weights(self, l_adv: float, l_nat: float) -> None:
-        """One adaptive-weight step from this batch's (rank-averaged) losses."""
+    def _on(self, device: torch.device) -> None:
+        """The weights (and first-step losses) as tensors on `device`, in the float64 of Python floats
+        (float32 where the device has no float64: MPS)."""
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.w_nat, self.init_adv, self.init_nat = (
+            None if v is None else torch.as_tensor(v, dtype=dtype, device=device)
+            for v in (self.w_nat, self.init_adv, self.init_nat))
+
+    def update_weights(self, l_adv: torch.Tensor | float, l_nat: torch.Tensor | float) -> None:
+        """One adaptive-weight step from this batch's (rank-averaged) losses, on the weights' device:
+        no host sync. The same operations, in the same order and precision, as on Python floats."""
+        if not isinstance(self.w_nat, torch.Tensor):
+            self._on(l_adv.device if isinstance(l_adv, torch.Tensor) else torch.device("cpu"))
+        w = self.w_nat
+        l_adv, l_nat = (torch.as_tensor(v, dtype=w.dtype, device=w.device) for v in (l_adv, l_nat))
         if self.init_adv is None or self.init_nat is None:
             self.init_adv, self.init_nat = l_adv, l_nat
-        r_adv = l_adv / max(self.init_adv, 1e-12)
-        r_nat = l_nat / max(self.init_nat, 1e-12)
-        target = r_nat / max(r_adv + r_nat, 1e-12)
-        self.w_nat -= self.args.eta * self.lr_scale * (self.w_nat - target)
+        r_adv = l_adv / self.init_adv.clamp(min=1e-12)   # clamp(min=) == max(v, 1e-12), NaN kept
+        r_nat = l_nat / self.init_nat.clamp(min=1e-12)
+        target = r_nat / (r_adv + r_nat).clamp(min=1e-12)
+        self.w_nat = w - self.args.eta * self.lr_scale * (w - target)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         a, t_adv, t_nat = self.args, self.teacher("adversarial"), self.teacher("natural")
@@ -61,21 +77,30 @@ class MTARD(Method):
         with torch.no_grad():
             p_adv = F.softmax(t_adv(x_adv).float(), dim=-1)
             p_nat = F.softmax(t_nat(x).float(), dim=-1)
-        l_adv = kl_probs(p_adv, F.log_softmax(self.model(x_adv), dim=-1)).mean()
-        l_nat = kl_probs(p_nat, F.log_softmax(self.model(x), dim=-1)).mean()
+        l_adv = kl_probs(p_adv, log_probs(self.model(x_adv))).mean()
+        l_nat = kl_probs(p_nat, log_probs(self.model(x))).mean()
         pair = torch.stack([l_adv.detach(), l_nat.detach()]).float()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(pair)
             pair /= dist.get_world_size()
-        self.update_weights(*pair.tolist())
-        w_adv = 1.0 - self.w_nat
-        loss = w_adv * l_adv + self.w_nat * l_nat
+        if not isinstance(self.w_nat, torch.Tensor) or self.w_nat.device != pair.device:
+            self._on(pair.device)
+        self.update_weights(pair[0], pair[1])
+        # float32 weights: what multiplying the fp32 losses by a Python float did (round to fp32)
+        w_nat = self.w_nat.float()
+        w_adv = (1.0 - self.w_nat).float()
+        loss = w_adv * l_adv + w_nat * l_nat
         return {"loss": loss, "kl_adv": l_adv.detach(), "kl_nat": l_nat.detach(),
-                "w_adv": torch.tensor(w_adv), "w_nat": torch.tensor(self.w_nat)}
+                "w_adv": w_adv, "w_nat": w_nat}
 
     def state_dict(self) -> dict:
-        return {"w_nat": self.w_nat, "init_adv": self.init_adv, "init_nat": self.init_nat}
+        """Plain numbers (one host sync, at checkpoint time)."""
+        return {"w_nat": float(self.w_nat), "init_adv": _number(self.init_adv), "init_nat": _number(self.init_nat)}
 
     def load_state_dict(self, state: dict) -> None:
         self.w_nat = float(state.get("w_nat", 0.5))
-        self.init_adv, self.init_nat = state.get("init_adv"), state.get("init_nat")
+        self.init_adv, self.init_nat = _number(state.get("init_adv")), _number(state.get("init_nat"))
+
+
+def _number(v: float | torch.Tensor | None) -> float | None:
+    return None if v is None else float(v)

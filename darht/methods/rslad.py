@@ -12,13 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from darht.attacks.pgd import pgd
 from darht.constraints import between
 from darht.methods.args import PGDArgs, arg
 from darht.methods.base import Method, OriginalSchedule
-from darht.methods.losses import kl_probs, soft_labels
+from darht.methods.losses import kl_probs, log_probs, soft_labels
 from darht.registry import METHODS
 
 
@@ -41,7 +40,7 @@ class RSLAD(Method):
         target = soft_labels(self.teachers, x)                                        # [N,K]
         x_adv = self.perturb(pgd, x, y, eps=a.eps, alpha=a.alpha, steps=a.steps, loss="kl", target_probs=target,
                              start="normal", sigma=0.001)
-        kl_adv = kl_probs(target, F.log_softmax(self.model(x_adv), dim=-1)).mean()
-        kl_nat = kl_probs(target, F.log_softmax(self.model(x), dim=-1)).mean()
+        kl_adv = kl_probs(target, log_probs(self.model(x_adv))).mean()
+        kl_nat = kl_probs(target, log_probs(self.model(x))).mean()
         loss = a.adv_weight * kl_adv + (1 - a.adv_weight) * kl_nat
         return {"loss": loss, "kl_adv": kl_adv.detach(), "kl_nat": kl_nat.detach()}

@@ -24,7 +24,7 @@ TIMM_PREFIX = "timm:"
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside DDP/DataParallel (`.module`) and torch.compile (`._orig_mod`)
-    wrappers: what is saved (keys without a wrapper prefix) and what inner attacks run against."""
+    wrappers: what is saved (keys without a wrapper prefix)."""
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
