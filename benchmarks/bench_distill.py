@@ -254,6 +254,23 @@ def profile_step(run: Callable[[], object], rows: int = 25) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
+def result(benchmark: str, script: str, a: argparse.Namespace, argv: list[str], device: torch.device,
+           workload: dict, floor: str, runs: dict[str, dict], key: str, policies: list[str], load0: tuple,
+           t0: float) -> dict:
+    """The JSON record of a step/floor benchmark (shared by bench_distill and bench_train)."""
+    script = os.path.relpath(os.path.abspath(script), os.getcwd())
+    return {
+        "benchmark": benchmark, "command": shlex.join(["python", script, *argv]),
+        "quick": a.quick, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "workload": workload, "floor": floor,
+        "timing": f"{a.rounds} interleaved rounds after a warm-up step; per pass the minimum; floor = sum of minima",
+        "malloc": {m: MALLOC[m] for m in policies},
+        "summary": by_malloc(runs, key), key: runs[policies[0]][key],
+        **({"by_malloc": runs} if len(runs) > 1 else {}), "machine": machine_info(load0),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+
+
 def write(out: dict, path: str | None) -> None:
     text = json.dumps(out, indent=1)
     print(text)
@@ -395,24 +412,14 @@ def main(argv: list[str] | None = None) -> dict:
         runs[policy] = {"applied": applied,
                         "modes": {m: bench_mode(m, a, teachers, teacher_info, x, y, device)
                                   for m in a.modes.split(",")}}
-    summary = by_malloc(runs, "modes")
-    script = os.path.relpath(os.path.abspath(__file__), os.getcwd())
-    out = {
-        "benchmark": "distill_step_over_floor", "command": shlex.join(["python", script, *argv]),
-        "quick": a.quick, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "workload": {"data": f"synthetic CIFAR-100 shapes: {a.batch} seeded uniform images {list(SHAPE)}, "
-                             f"labels uniform over {NUM_CLASSES} classes",
-                     "student": {"model": "darht-student", "backbone": a.student, "backbone_kwargs": a.student_kwargs},
-                     "teachers": teacher_info, "B": a.batch, "K": a.steps, "dtype": "float32",
-                     "weights": "random (seeded)", "optimizer": "SGD lr 0.1 momentum 0.9 wd 2e-4"},
-        "floor": "attack: K x (student forward + input backward) on the M attacked examples; teacherJ: "
-                 "each teacher's forward on B; update: student forward + backward + SGD step on B",
-        "timing": f"{a.rounds} interleaved rounds after a warm-up step; per pass the minimum; floor = sum of minima",
-        "malloc": {m: MALLOC[m] for m in policies},
-        "summary": summary, "modes": runs[policies[0]]["modes"],
-        **({"by_malloc": runs} if len(runs) > 1 else {}), "machine": machine_info(load0),
-        "wall_s": round(time.perf_counter() - t0, 1),
-    }
+    workload = {"data": f"synthetic CIFAR-100 shapes: {a.batch} seeded uniform images {list(SHAPE)}, "
+                        f"labels uniform over {NUM_CLASSES} classes",
+                "student": {"model": "darht-student", "backbone": a.student, "backbone_kwargs": a.student_kwargs},
+                "teachers": teacher_info, "B": a.batch, "K": a.steps, "dtype": "float32",
+                "weights": "random (seeded)", "optimizer": "SGD lr 0.1 momentum 0.9 wd 2e-4"}
+    floor = ("attack: K x (student forward + input backward) on the M attacked examples; teacherJ: "
+             "each teacher's forward on B; update: student forward + backward + SGD step on B")
+    out = result("distill_step_over_floor", __file__, a, argv, device, workload, floor, runs, "modes", policies, load0, t0)
     write(out, a.out)
     return out
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -44,8 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_distill import (MALLOC, Snapshot, by_malloc, input_grad_passes, interleaved,  # noqa: E402
-                           machine_info, malloc_policies, profile_step, ratios, set_malloc, timer,
+from bench_distill import (Snapshot, input_grad_passes, interleaved, malloc_policies,  # noqa: E402
+                           result, profile_step, ratios, set_malloc, timer,
                            train_step, write)
 
 from darht.attacks.core import clean_probs, eval_mode, logits_and_input_grad, project_linf, random_start  # noqa: E402
@@ -225,24 +224,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"malloc: {policy}{'' if applied else ' (could not be applied)'}", file=sys.stderr, flush=True)
         runs[policy] = {"applied": applied,
                         "methods": {m: bench_method(m, a, x, y, device) for m in a.methods.split(",")}}
-    summary = by_malloc(runs, "methods")
-    script = os.path.relpath(os.path.abspath(__file__), os.getcwd())
-    out = {
-        "benchmark": "train_step_over_floor", "command": shlex.join(["python", script, *argv]),
-        "quick": a.quick, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "workload": {"data": f"synthetic CIFAR-100 shapes: {a.batch} seeded uniform images {list(SHAPE)}",
-                     "labels": "half (seeded) the model's own eval-mode prediction, half uniform random",
-                     "model": a.model, "model_kwargs": a.model_kwargs, "B": a.batch, "K": a.steps,
-                     "dtype": "float32", "weights": "random (seeded)",
-                     "optimizer": "SGD lr 0.1 momentum 0.9 wd 2e-4"},
-        "floor": "clean: softmax f(x) target forward (TRADES); attack: one forward + input backward per "
-                 "attack step on the examples it needs; update: training forward(s) + backward + SGD step",
-        "timing": f"{a.rounds} interleaved rounds after a warm-up step; per pass the minimum; floor = sum of minima",
-        "malloc": {m: MALLOC[m] for m in policies},
-        "summary": summary, "methods": runs[policies[0]]["methods"],
-        **({"by_malloc": runs} if len(runs) > 1 else {}), "machine": machine_info(load0),
-        "wall_s": round(time.perf_counter() - t0, 1),
-    }
+    workload = {"data": f"synthetic CIFAR-100 shapes: {a.batch} seeded uniform images {list(SHAPE)}",
+                "labels": "half (seeded) the model's own eval-mode prediction, half uniform random",
+                "model": a.model, "model_kwargs": a.model_kwargs, "B": a.batch, "K": a.steps,
+                "dtype": "float32", "weights": "random (seeded)", "optimizer": "SGD lr 0.1 momentum 0.9 wd 2e-4"}
+    floor = ("clean: softmax f(x) target forward (TRADES); attack: one forward + input backward per "
+             "attack step on the examples it needs; update: training forward(s) + backward + SGD step")
+    out = result("train_step_over_floor", __file__, a, argv, device, workload, floor, runs, "methods", policies, load0, t0)
     write(out, a.out)
     return out
 
