@@ -2,7 +2,7 @@
 
     python benchmarks/bench_distill.py [--batch 64] [--steps 10] [--rounds 3] [--threads 2]
         [--student resnet18] [--teachers wrn-34-10,timm:vit_tiny_patch16_224]
-        [--modes darht,darht-official] [--malloc system[,retain]] [--out results/bench_distill.json]
+        [--modes darht,darht-official] [--malloc [system,]retain] [--out results/bench_distill.json]
         [--profile] [--quick]
 
 Workload (defaults): CIFAR-100 shapes (3x32x32, 100 classes; seeded uniform images and labels, as
@@ -40,15 +40,14 @@ default every large activation is a fresh mmap that the kernel faults in and zer
 and in each floor pass alike, but a step (attack graphs, teacher activations and the training
 graph one after another) faults in more memory than its passes do alone: minor page faults and
 system time are recorded per pass (`sys_times_s`, `minor_page_faults`). `retain` keeps freed
-memory for reuse (see `set_malloc`).
+memory for reuse; it is the trainer's default on CPU (`cpu_malloc`, darht.engine.malloc) and so
+this script's default too.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
-import ctypes.util
 import json
 import os
 import platform
@@ -64,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from darht.engine.malloc import POLICIES, set_cpu_malloc
 from darht.models import create_model
 from darht.models.student import unwrap_student
 from darht.models.teachers import FrozenTeacher
@@ -194,35 +194,26 @@ def machine_info(load0: tuple[float, float, float]) -> dict:
                     "processes competed); step and floor passes are interleaved and the minima used"}
 
 
-MALLOC = {"system": "glibc's default: blocks above the mmap threshold are fresh mmaps, unmapped on free "
-                     "(every large activation is new memory the kernel faults in and zeroes)",
-          "retain": "mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, 2 GiB - 1): big blocks from the heap, "
-                    "freed memory kept for the next pass"}
-
-
-def set_malloc(policy: str) -> bool:
-    """The C allocator's policy for big blocks (glibc; torch's CPU tensors come from malloc).
-    system: glibc's default: blocks above the mmap threshold (128 KiB, growing to at most 32 MiB)
-      are fresh mmaps, returned on free, so every large activation of every pass is new memory
-      the kernel must fault in and zero: minor page faults, system time;
-    retain: mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2 GiB - 1): big blocks come from
-      the heap and freed memory is kept for the next pass (the process keeps its peak footprint).
-    Returns whether the setting was applied (False off glibc). Process-wide: apply `retain` last."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim, m_mmap_max = -1, -4  # glibc's malloc.h
-    if policy == "retain":
-        return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim, 2**31 - 1))
-    return True  # system: nothing to change (it must run before any `retain`)
+def common_args(p: argparse.ArgumentParser, out: str, unit: str, quick: str) -> None:
+    """The flags both step/floor benchmarks take (bench_train.py calls this too)."""
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=10, help="K: attack steps")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up step")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None,
+                   help=f"also write the JSON here (default {out}; none with --quick; '' = don't)")
+    p.add_argument("--profile", action="store_true", help=f"add a torch.profiler table of one step per {unit}")
+    p.add_argument("--malloc", default="retain",
+                   help="comma list of allocator policies to run under, in order: system (glibc's default), "
+                        "retain (big blocks kept for reuse: the trainer's default on CPU, darht.engine.malloc)")
+    p.add_argument("--quick", action="store_true", help=quick)
 
 
 def malloc_policies(text: str, error: Callable[[str], object]) -> list[str]:
     policies = [m.strip() for m in text.split(",") if m.strip()]
-    if not policies or any(m not in MALLOC for m in policies) or len(set(policies)) != len(policies):
-        error(f"--malloc: a comma list of {', '.join(MALLOC)}, got {text!r}")
+    if not policies or any(m not in POLICIES for m in policies) or len(set(policies)) != len(policies):
+        error(f"--malloc: a comma list of {', '.join(POLICIES)}, got {text!r}")
     if "retain" in policies[:-1]:
         error("--malloc: 'retain' cannot be undone within a process: put it last")
     return policies
@@ -264,7 +255,7 @@ def result(benchmark: str, script: str, a: argparse.Namespace, argv: list[str], 
         "quick": a.quick, "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "workload": workload, "floor": floor,
         "timing": f"{a.rounds} interleaved rounds after a warm-up step; per pass the minimum; floor = sum of minima",
-        "malloc": {m: MALLOC[m] for m in policies},
+        "malloc": {m: POLICIES[m] for m in policies},
         "summary": by_malloc(runs, key), key: runs[policies[0]][key],
         **({"by_malloc": runs} if len(runs) > 1 else {}), "machine": machine_info(load0),
         "wall_s": round(time.perf_counter() - t0, 1),
@@ -368,25 +359,14 @@ def parse_teachers(text: str) -> list[tuple[str, dict]]:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=10, help="K: PGD steps of the inner attack")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up")
-    p.add_argument("--threads", type=int, default=2)
+    common_args(p, "results/bench_distill.json", "mode",
+                "tiny models and sizes (batch 8, K 2, 1 round, width-4 student, WRN-10-1 and 1-block ViT "
+                "teachers at 32 px); not a measurement. Writes no file unless --out is given")
     p.add_argument("--student", default="resnet18")
     p.add_argument("--width", type=int, default=None, help="the student backbone's width (resnet18: 64)")
     p.add_argument("--teachers", default="wrn-34-10,timm:vit_tiny_patch16_224",
                    help="comma-separated teacher model names (random weights)")
     p.add_argument("--modes", default="darht,darht-official")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None,
-                   help="also write the JSON here (default results/bench_distill.json; none with --quick; '' = don't)")
-    p.add_argument("--profile", action="store_true", help="add a torch.profiler table of one step per mode")
-    p.add_argument("--malloc", default="system",
-                   help="comma list of allocator policies to run under, in order: system (glibc's default), "
-                        "retain (big blocks kept for reuse; see set_malloc)")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny models and sizes (batch 8, K 2, 1 round, width-4 student, WRN-10-1 and "
-                        "1-block ViT teachers at 32 px); not a measurement. Writes no file unless --out is given")
     a = p.parse_args(argv)
     policies = malloc_policies(a.malloc, p.error)
     a.student_kwargs = {} if a.width is None else {"width": a.width}
@@ -407,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
     teachers, teacher_info = make_teachers(teacher_specs, device)
     runs = {}
     for policy in policies:
-        applied = set_malloc(policy)
+        applied = set_cpu_malloc(policy, quiet=True)
         print(f"malloc: {policy}{'' if applied else ' (could not be applied)'}", file=sys.stderr, flush=True)
         runs[policy] = {"applied": applied,
                         "modes": {m: bench_mode(m, a, teachers, teacher_info, x, y, device)

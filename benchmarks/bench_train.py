@@ -2,7 +2,7 @@
 implementation can avoid.
 
     python benchmarks/bench_train.py [--methods trades,fat] [--model resnet18] [--batch 64]
-        [--steps 10] [--rounds 3] [--threads 2] [--malloc system[,retain]] [--out results/bench_train.json]
+        [--steps 10] [--rounds 3] [--threads 2] [--malloc [system,]retain] [--out results/bench_train.json]
         [--profile] [--quick]
 
 Workload (defaults): CIFAR-100 shapes (3x32x32, 100 classes; seeded uniform images), a ResNet-18
@@ -43,12 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_distill import (Snapshot, input_grad_passes, interleaved, malloc_policies,  # noqa: E402
-                           result, profile_step, ratios, set_malloc, timer,
+from bench_distill import (Snapshot, common_args, input_grad_passes, interleaved, malloc_policies,  # noqa: E402
+                           result, profile_step, ratios, timer,
                            train_step, write)
 
 from darht.attacks.core import clean_probs, eval_mode, logits_and_input_grad, project_linf, random_start  # noqa: E402
 from darht.attacks.pgd import make_loss  # noqa: E402
+from darht.engine.malloc import set_cpu_malloc  # noqa: E402
 from darht.registry import METHODS  # noqa: E402
 
 SHAPE, NUM_CLASSES = (3, 32, 32), 100
@@ -182,19 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--methods", default="trades,fat", help="comma list of trades, fat, fat-trades, pgd-at")
     p.add_argument("--model", default="resnet18")
     p.add_argument("--width", type=int, default=None, help="the model's width (resnet18: 64)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=10, help="K: attack steps")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds (the first step warms up)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None,
-                   help="also write the JSON here (default results/bench_train.json; none with --quick; '' = don't)")
-    p.add_argument("--profile", action="store_true", help="add a torch.profiler table of one step per method")
-    p.add_argument("--malloc", default="system",
-                   help="comma list of allocator policies to run under, in order: system, retain "
-                        "(see bench_distill.set_malloc)")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes (batch 8, K 2, 1 round, width-4 model); not a measurement")
+    common_args(p, "results/bench_train.json", "method",
+                "tiny sizes (batch 8, K 2, 1 round, width-4 model); not a measurement")
     a = p.parse_args(argv)
     policies = malloc_policies(a.malloc, p.error)
     a.model_kwargs = {} if a.width is None else {"width": a.width}
@@ -220,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     y = torch.where(own.to(device), pred, torch.randint(0, NUM_CLASSES, (a.batch,), generator=g).to(device))
     runs = {}
     for policy in policies:
-        applied = set_malloc(policy)
+        applied = set_cpu_malloc(policy, quiet=True)
         print(f"malloc: {policy}{'' if applied else ' (could not be applied)'}", file=sys.stderr, flush=True)
         runs[policy] = {"applied": applied,
                         "methods": {m: bench_method(m, a, x, y, device) for m in a.methods.split(",")}}

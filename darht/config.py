@@ -28,6 +28,7 @@ from darht.typecheck import _build
 from darht.utils import atomic_write_text
 
 Amp = Literal["none", "bf16", "fp16"]
+CpuMalloc = Literal["retain", "system"]
 Schedule = Literal["multistep", "cosine", "warmup-multistep", "constant", "original"]
 
 
@@ -100,6 +101,7 @@ class TrainConfig:
     compile: bool = False            # the training model and the model the inner attacks call
     cudnn_benchmark: bool = False    # CUDA: let cuDNN pick the fastest kernels (fixed input shapes)
     tf32: bool = False               # CUDA: TF32 matmuls/convolutions (faster, ~1e-3 relative error)
+    cpu_malloc: CpuMalloc = "retain"  # CPU: keep freed memory for the next pass (darht.engine.malloc)
     sync_bn: bool = False            # DDP: BatchNorm statistics over the global batch (SyncBatchNorm)
     ddp_bf16_compress: bool = False  # DDP: all-reduce gradients in bf16 (DDP's compression hook)
     workers: int = 0

@@ -68,6 +68,7 @@ BAD = [
     ("eval.eps", "1.5", "eval.eps must be in [0, 1]"),
     ("eval.eps", "-0.1", "eval.eps"),
     ("amp", "fp8", "amp must be one of none, bf16, fp16; got 'fp8'"),
+    ("cpu_malloc", "jemalloc", "cpu_malloc must be one of retain, system; got 'jemalloc'"),
     ("epochs", "2.5", "epochs must be an integer, got 2.5"),
     ("epochs", "ten", "epochs must be an integer, got 'ten'"),
     ("epochs", "0", "epochs must be >= 1"),

@@ -84,6 +84,26 @@ def test_training_step_on_meta_device_creates_nothing_on_the_cpu(name, monkeypat
         assert key == "loss" or not v.requires_grad, key
 
 
+@pytest.mark.parametrize("name", ["darht", "darht-official"])
+def test_darht_picks_its_adversarial_rows_without_reading_the_device(name, monkeypatch) -> None:
+    """DARHT's coins are drawn on the host, so choosing the attacked rows (`nonzero`) never waits
+    for the accelerator: on the meta device, whose tensors have no data, a step runs without
+    torch's assume-all-nonzero switch (with coins drawn on the device, `nonzero` would need it).
+    On CPU the draws are those of torch.rand(n) from the global generator, as before."""
+    monkeypatch.setattr(Method, "perturb", _stub_attack)
+    method = _method(name, "meta")
+    with fx_config.patch(meta_nonzero_assume_all_nonzero=False):
+        x, y = _batch("meta")
+        out = method.loss(x, y)
+    assert out["adv_frac"].device == x.device
+    torch.manual_seed(3)
+    chosen = method.choose(32, torch.device("meta"))
+    torch.manual_seed(3)
+    coins = torch.rand(1 if method.official else 32)
+    assert chosen.device.type == "cpu"
+    assert torch.equal(chosen, (coins < method.args.adv_prob).expand(32))
+
+
 @pytest.mark.parametrize("amp", [False, True])
 @pytest.mark.parametrize("name", METHODS.names())
 def test_training_step_outputs_no_float64(name, amp) -> None:

@@ -1,7 +1,7 @@
 """Set-up of a training run, done once before the loop: data and loader (the global batch split
 over the ranks), teachers, the model and its method, AMP autocast, starting weights,
 torch.compile (checked, with a fallback), the DDP wrapper under torchrun, the CUDA backend
-switches (cudnn.benchmark, TF32) and the optional TensorBoard writer."""
+switches (cudnn.benchmark, TF32), the CPU allocator's policy and the optional TensorBoard writer."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from darht.data.base import ImageData, load_dataset, split_train_val
 from darht.data.loader import Augment, Loader
 from darht.engine import checkpoint as ckpt
 from darht.engine import distributed as ddp
+from darht.engine.malloc import set_cpu_malloc
 from darht.errors import DarhtError
 from darht.methods.base import Method, teacher_specs
 from darht.models.io import load_state, read_state_dict
@@ -97,7 +98,10 @@ def build_model(cfg: TrainConfig, data: ImageData, device: torch.device,
 
 
 def configure_backends(cfg: TrainConfig, device: torch.device) -> None:
-    """cudnn.benchmark and TF32 as configured; both act only on CUDA (elsewhere: nothing)."""
+    """cudnn.benchmark and TF32 as configured, on CUDA only; on CPU the C allocator's policy
+    (`cpu_malloc`, see darht.engine.malloc)."""
+    if device.type == "cpu":
+        set_cpu_malloc(cfg.cpu_malloc)
     if device.type != "cuda":
         return
     torch.backends.cudnn.benchmark = bool(cfg.cudnn_benchmark)

@@ -191,7 +191,7 @@ class _Run:
         idx = torch.arange(info.rank, n, info.world_size)  # each rank validates its share
         part = self.val.subset(idx)
         # no autocast: validation attacks and verdicts run in fp32 (they choose the best checkpoint)
-        counts = validate(self.net, part.float_x(), part.y, cfg.eval.attack, eps=cfg.eval.eps,
+        counts = validate(self.net, part.x, part.y, cfg.eval.attack, eps=cfg.eval.eps,
                           steps=cfg.eval.steps, batch_size=cfg.batch_size, device=self.device,
                           eot=cfg.eval.eot, draws=cfg.eval.draws)
         clean, robust, total = ddp.all_reduce_floats(list(counts), info)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from darht.evaluation.spec import DEFAULT_EOT, judge, run_attack
+from darht.evaluation.spec import DEFAULT_EOT, device_batch, judge, run_attack
 from darht.evaluation.verdict import is_randomized, score
 from darht.registry import ATTACKS
 
@@ -24,6 +24,9 @@ def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, *,
              draws: int = 20) -> tuple[float, float, int]:
     """(#correct clean, #correct under `attack` and clean (per-example minimum), #examples).
 
+    `x` may be uint8 (the split as stored): each batch moves as uint8 and is converted on the
+    device (`device_batch`), bit-identical to converting the whole split first.
+
     A deterministic model: counts of 0/1 verdicts, one pass each. A randomized one (says so, or
     its outputs vary): EOT `eot` (default 20) and the verdict rule over `draws` predictions, so
     the counts are expected numbers of correct predictions.
@@ -35,13 +38,13 @@ def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, *,
     model.eval()
     parts: list[torch.Tensor] = []  # per batch [#clean, #robust] on the device: one sync at the end
     try:
-        randomized = is_randomized(model, x[:batch_size].to(device))
+        randomized = is_randomized(model, device_batch(x[:batch_size], device))
         key = ATTACKS.meta(attack).get("eot")
         if randomized and key:
             kw[key] = DEFAULT_EOT if eot is None else eot
         n_draws = draws if randomized else 1
         for i in range(0, len(y), batch_size):
-            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            xb, yb = device_batch(x[i:i + batch_size], device), y[i:i + batch_size].to(device)
             ok = score(model, xb, yb, n_draws, batch_size)[0]
             ok_adv = judge(model, run_attack(attack, model, xb, yb, eps, kw, randomized), yb, n_draws,
                            batch_size)[0]

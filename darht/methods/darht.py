@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -161,10 +162,15 @@ class Darht(Method):
         return official_phase(self.epoch, self.epochs) if self.official else "ce+kd"
 
     def choose(self, n: int, device: torch.device) -> torch.Tensor:
-        """Bool [n]: which examples become adversarial (per example, or one coin per batch)."""
-        if self.official:  # one coin per global batch: rank 0's under DDP
-            return (same_on_all_ranks(torch.rand(1, device=device)) < self.args.adv_prob).expand(n)
-        return torch.rand(n, device=device) < self.args.adv_prob
+        """Bool [n] on the host: which examples become adversarial (per example, or one coin per
+        batch). Drawn from the CPU generator, so that picking the chosen rows (`nonzero`) does not
+        wait for the accelerator; on a CPU run the draws are those of `torch.rand(n)` as before."""
+        if self.official:  # one coin per global batch: rank 0's under DDP (NCCL broadcasts on the device)
+            coin = torch.rand(1, device="cpu")
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                coin = same_on_all_ranks(coin.to(device)).cpu()
+            return (coin < self.args.adv_prob).expand(n)
+        return torch.rand(n, device="cpu") < self.args.adv_prob
 
     def inner_attack(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial versions of x [M,...] against the current student (the attack sets eval mode)."""
@@ -174,9 +180,11 @@ class Darht(Method):
     def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training batch: chosen examples replaced by their adversarial versions; and the mask."""
         chosen = self.choose(x.shape[0], x.device)
-        idx = chosen.nonzero().squeeze(1)  # [M]
+        idx = chosen.nonzero().squeeze(1)  # [M], on the host: no device synchronisation
+        chosen = chosen.to(x.device, non_blocking=True)
         if idx.numel() == 0:
             return x, chosen
+        idx = idx.to(x.device, non_blocking=True)
         x_adv = self.inner_attack(x[idx], y[idx])
         return x.index_copy(0, idx, x_adv), chosen
 
