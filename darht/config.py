@@ -30,6 +30,7 @@ from darht.utils import atomic_write_text
 Amp = Literal["none", "bf16", "fp16"]
 CpuMalloc = Literal["retain", "system"]
 Schedule = Literal["multistep", "cosine", "warmup-multistep", "constant", "original"]
+TeacherSpec = str | dict[str, str]
 
 
 @dataclass
@@ -89,8 +90,9 @@ class TrainConfig:
     method: str = "standard"
     method_args: dict[str, Any] = field(default_factory=dict)
     # checkpoint paths / model specs: a list, or for a method with teacher roles (MTARD: adversarial,
-    # natural) a mapping role -> teacher (a list then gives them in the method's role order)
-    teachers: list[str] | dict[str, str] = field(default_factory=list)
+    # natural) a mapping role -> teacher (a list then gives them in the method's role order); a
+    # teacher is a spec string or {robustbench: NAME, path: PATH} (darht.models.teachers.as_spec)
+    teachers: list[TeacherSpec] | dict[str, TeacherSpec] = field(default_factory=list)
     teacher_bf16: bool = False
     epochs: int = 10
     batch_size: int = 128

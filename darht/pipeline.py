@@ -27,7 +27,7 @@ from darht.evaluation.robustness import evaluate
 from darht.evaluation.spec import EvalSpec
 from darht.evaluation.transfer import student_transfer, transfer_matrix
 from darht.models.io import load_model, read_meta
-from darht.models.teachers import load_attackable
+from darht.models.teachers import as_spec, load_attackable
 from darht.registry import ATTACKS
 from darht.report.build import write_report
 from darht.utils import atomic_write_json, git_revision, resolve_device
@@ -80,8 +80,10 @@ class Pipeline:
                 raise DarhtError(f"student '{name}' names no teachers")
             check_run(self._train_cfg(spec, self.out / "students" / name, self.student_teachers(spec)))
         for name, spec in self.cfg.teachers.items():
-            if "checkpoint" in spec and not Path(spec["checkpoint"]).exists() and "=" not in spec["checkpoint"]:
-                raise DarhtError(f"teacher '{name}': checkpoint not found: {spec['checkpoint']}")
+            if "checkpoint" in spec:
+                ckpt = self._checkpoint(name)  # NAME=PATH: PATH is looked for when loaded (shipped configs name files to fetch)
+                if not Path(ckpt).exists() and "=" not in ckpt:
+                    raise DarhtError(f"teacher '{name}': checkpoint not found: {ckpt}")
         spec = self.eval_spec()
         for attack in (spec.attacks or []) + (spec.eot_sweep_attacks or []):
             ATTACKS.get(attack)
@@ -165,13 +167,17 @@ class Pipeline:
             if Path(name).exists() or name.startswith("timm:"):
                 return name  # a checkpoint path or model spec given directly
             raise DarhtError(f"student refers to unknown teacher '{name}'; teachers: {', '.join(self.cfg.teachers)}")
-        return spec.get("checkpoint") or str(self.out / "teachers" / name)
+        return (self._checkpoint(name) if spec.get("checkpoint") else None) or str(self.out / "teachers" / name)
+
+    def _checkpoint(self, name: str) -> str:
+        """A teacher's `checkpoint`: a path, NAME=PATH, or {robustbench: NAME, path: PATH}."""
+        return as_spec(self.cfg.teachers[name]["checkpoint"], f"teachers.{name}.checkpoint")
 
     # -- stages
     def run_teachers(self) -> None:
         for name, spec in self.cfg.teachers.items():
             if "checkpoint" in spec:
-                self.log(f"[teacher {name}] using {spec['checkpoint']}")
+                self.log(f"[teacher {name}] using {self._checkpoint(name)}")
                 continue
             self.log(f"[teacher {name}] training")
             train(self._train_cfg(spec, self.out / "teachers" / name, []), resume=True)

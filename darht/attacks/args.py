@@ -48,6 +48,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("pgd", "start"): _STARTS,
     ("fat-pgd", "loss"): ("ce", "kl"),
     ("fat-pgd", "start"): _STARTS,
+    ("fosc-pgd", "start"): _STARTS,
 }
 
 

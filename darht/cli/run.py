@@ -45,6 +45,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     if args.data_cmd == "cache":
         return _cmd_cache(args)
+    if args.data_cmd == "fetch-teacher":
+        return _cmd_fetch_teacher(args)
     if args.data_cmd == "info":
         info = dataset_info(args.name, args.root)
         for k, v in info.items():
@@ -57,6 +59,17 @@ def cmd_data(args: argparse.Namespace) -> int:
     check_output(args.root, "dir", "--root")
     path = download(args.name, args.root, url=args.url, sha256=args.sha256)
     print(f"{args.name} is in {path}")
+    return 0
+
+
+def _cmd_fetch_teacher(args: argparse.Namespace) -> int:
+    from darht.data.download import fetch_teacher
+    from darht.utils import check_output
+
+    if args.out is not None:
+        check_output(args.out, "file", "--out")
+    path = fetch_teacher(args.name, args.url, out=args.out, sha256=args.sha256, dataset=args.dataset)
+    print(f"{args.name} is in {path}; use it as --teacher {args.name}={path}")
     return 0
 
 
@@ -81,7 +94,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _add_data(sub: Any) -> None:
-    p = sub.add_parser("data", help="data sets: info, download, cache")
+    p = sub.add_parser("data", help="data sets: info, download, cache; fetch-teacher (RobustBench weights)")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     q = dsub.add_parser("info", help="size, classes, shape and location of a data set")
     q.add_argument("name")
@@ -91,6 +104,15 @@ def _add_data(sub: Any) -> None:
     q.add_argument("--root", help="target directory (default ~/.cache/darht)")
     q.add_argument("--url", help="override the source URL (file:// works)")
     q.add_argument("--sha256", help="expected SHA-256 of the archive")
+    q = dsub.add_parser("fetch-teacher", help="download a RobustBench teacher's weights (checked against "
+                                              "darht's table of names), for --teacher NAME=PATH")
+    q.add_argument("name", help="RobustBench model name, e.g. Chen2021LTD_WRN34_20")
+    q.add_argument("--url", required=True, help="where the checkpoint is (direct link, mirror or file://)")
+    q.add_argument("--out", help="target .pt file (default $DARHT_TEACHERS or ~/.cache/darht/teachers/"
+                                 "DATASET/NAME.pt)")
+    q.add_argument("--sha256", help="expected SHA-256 of the file")
+    q.add_argument("--dataset", choices=["cifar10", "cifar100"],
+                   help="which table, for a name that is in both (e.g. Rice2020Overfitting)")
     q = dsub.add_parser("cache", help="decode a data set once into a memory-mapped uint8 cache for streaming "
                                       "(data larger than RAM; every DDP rank maps it)")
     q.add_argument("name")

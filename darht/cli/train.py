@@ -118,8 +118,9 @@ def _add_distill(sub: Any) -> None:
     _add_run_flags(p)
     p.add_argument("--student", help="student backbone model name")
     p.add_argument("--teacher", action="append",
-                   help="teacher checkpoint/run dir/model spec (repeatable; a method with teacher roles "
-                        "takes them in its role order)")
+                   help="teacher checkpoint/run dir/model spec, or NAME=PATH with NAME a model name or a "
+                        "RobustBench name (e.g. Chen2021LTD_WRN34_20=ckpt.pt; see darht.models.robustbench) "
+                        "(repeatable; a method with teacher roles takes them in its role order)")
     p.add_argument("--teacher-role", action="append", metavar="ROLE=SPEC",
                    help="a teacher in a named role of the method, e.g. --teacher-role natural=PATH (repeatable)")
     p.add_argument("--teacher-bf16", action="store_true", help="run teachers in bfloat16")

@@ -1,4 +1,5 @@
 """`darht data download NAME`: fetch a data set, verify its checksum, extract it safely, install it.
+`darht data fetch-teacher NAME --url URL`: fetch a RobustBench teacher's weights (`fetch_teacher`).
 
 Everything happens in a temporary directory beside the target; the finished directory is renamed
 into place, so an interrupted download never leaves a half-installed data set that later loads.
@@ -100,13 +101,61 @@ def download(name: str, root: str | Path | None = None, url: str | None = None,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if not ok:
-            for d in created:  # innermost first; only directories this call made and left empty
-                try:
-                    d.rmdir()
-                except OSError:
-                    break
+            remove_empty(created)
     print(f"darht: installed {name} in {target}", file=sys.stderr)
     return target
+
+
+def remove_empty(created: list[Path]) -> None:
+    """Remove the directories a failed call created (innermost first), while they are empty."""
+    for d in created:
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
+def teacher_path(name: str, dataset: str) -> Path:
+    """Where `fetch_teacher` puts a RobustBench checkpoint by default:
+    $DARHT_TEACHERS/DATASET/NAME.pt, else ~/.cache/darht/teachers/DATASET/NAME.pt."""
+    base = Path(os.environ["DARHT_TEACHERS"]) if os.environ.get("DARHT_TEACHERS") else \
+        Path.home() / ".cache" / "darht" / "teachers"
+    return base.expanduser() / dataset / f"{name}.pt"
+
+
+def fetch_teacher(name: str, url: str, out: str | Path | None = None, sha256: str | None = None,
+                  dataset: str | None = None) -> Path:
+    """Download the weights of RobustBench model `name` from `url` (RobustBench hosts them on
+    Google Drive: pass a direct link, a mirror, or file://), check them against the table's key
+    layout (on the meta device: no memory) and move them into place atomically; returns the path,
+    which `--teacher NAME=PATH` loads. An existing file is kept as it is."""
+    from darht.models import robustbench  # torch and the model zoo: only when this runs
+
+    entry = robustbench.lookup(name, dataset=dataset)
+    dest = Path(out).expanduser() if out is not None else teacher_path(entry.name, entry.dataset)
+    if dest.suffix not in (".pt", ".pth", ".ckpt", ".bin"):
+        raise DarhtError(f"--out {dest}: a teacher checkpoint is a .pt/.pth file")
+    if dest.exists():
+        print(f"darht: {dest} already present (remove it to fetch again)", file=sys.stderr)
+        return dest
+    created = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.stem}.download-", suffix=dest.suffix)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    ok = False
+    try:
+        fetch(url, tmp, ("sha256", sha256) if sha256 else None)
+        state = robustbench.read_checkpoint(entry, tmp)
+        robustbench.check_keys(entry, state, where=f"{url}")
+        os.replace(tmp, dest)
+        ok = True
+    finally:
+        tmp.unlink(missing_ok=True)
+        if not ok:
+            remove_empty(created)
+    print(f"darht: {entry.dataset} {entry.name} ({entry.arch}) saved to {dest}", file=sys.stderr)
+    return dest
 
 
 def _filename(url: str) -> str:

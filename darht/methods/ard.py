@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from darht.attacks.pgd import pgd
-from darht.constraints import above, at_least, between
-from darht.methods.args import arg
+from darht.constraints import above, between
+from darht.methods.args import StepSizeArgs, arg
 from darht.methods.base import Method
 from darht.methods.losses import kl_probs, log_probs, soft_labels
 from darht.registry import METHODS
@@ -29,12 +29,9 @@ from darht.registry import METHODS
 @METHODS.register("ard")
 class ARD(Method):
     @dataclass(frozen=True)
-    class Args:
+    class Args(StepSizeArgs):
         alpha: float = arg(1.0, between(0, 1))  # weight of the KD term
         t: float = arg(30.0, above(0))          # temperature
-        eps: float = 8 / 255
-        step_size: float = arg(2 / 255, at_least(0))
-        steps: int = arg(10, at_least(0))
 
     name = "ard"
     needs_teachers = True

@@ -104,6 +104,16 @@ def check_method_args(method: Any, raw: Mapping[str, Any] | None) -> None:
 
 # ---- the inner attack's arguments, shared by the methods that have one -------------------------
 @dataclass(frozen=True)
+class StepSizeArgs:
+    """PGDArgs under ARD's names: its `alpha` is the KD weight, so the attack's step is `step_size`
+    (ARD, and the methods built on its code: AdaAD, IAD)."""
+
+    eps: float = 8 / 255
+    step_size: float = arg(2 / 255, at_least(0))
+    steps: int = arg(10, at_least(0))
+
+
+@dataclass(frozen=True)
 class PGDArgs:
     """eps, step size and steps of an inner PGD, at Madry et al.'s CIFAR settings (8/255, 2/255, 10)."""
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from darht.errors import DarhtError
 from darht.methods.args import NoArgs, parse_method_args
+from darht.models.teachers import as_spec
 from darht.models.zoo import create_model
 
 
@@ -81,10 +82,15 @@ def check_teachers(method_cls: type, count: int) -> None:
         raise DarhtError(f"method '{name}' needs exactly {len(roles)} teachers ({', '.join(roles)}), got {count}")
 
 
-def teacher_specs(method_cls: type, teachers: list | Mapping | None) -> list:
+def teacher_specs(method_cls: type, teachers: list | Mapping | None) -> list[str]:
     """A config's `teachers` (a list, or a mapping role -> teacher for a method with roles) as the
-    list the method takes, in its role order; checked against what the method takes."""
+    list of spec strings the method takes, in its role order; checked against what the method takes.
+
+    A teacher is a spec string or a mapping `{robustbench: NAME, path: PATH}` (-> 'NAME=PATH',
+    darht.models.teachers.as_spec); one such mapping may also stand alone as `teachers`."""
     roles = tuple(method_cls.teacher_roles)
+    if isinstance(teachers, Mapping) and "robustbench" in teachers:
+        teachers = [teachers]  # a single teacher given as a mapping, not roles
     if isinstance(teachers, Mapping):
         if not roles:
             raise DarhtError(f"method '{method_cls.name}' takes a list of teachers, not roles "
@@ -92,9 +98,9 @@ def teacher_specs(method_cls: type, teachers: list | Mapping | None) -> list:
         if set(teachers) != set(roles):
             raise DarhtError(f"method '{method_cls.name}' takes one teacher per role: {', '.join(roles)}; "
                              f"got {', '.join(map(str, teachers)) or '(none)'}")
-        specs = [teachers[r] for r in roles]
+        specs = [as_spec(teachers[r], f"teachers.{r}") for r in roles]
     else:
-        specs = list(teachers or [])
+        specs = [as_spec(t, f"teachers[{i}]") for i, t in enumerate(teachers or [])]
     check_teachers(method_cls, len(specs))
     return specs
 

@@ -10,7 +10,9 @@ the caller (name=..., num_classes=... or guessed from the classifier's shape).
 Key layouts accepted: darht's own; `module.` (DDP) and `_orig_mod.` (torch.compile) prefixes;
 a state dict nested under 'state_dict' / 'model_state_dict' / 'model'; an inner timm model's keys
 without the adapter's `model.` prefix (and RobustBench's extra `model.` prefixes); RobustBench's
-DeepMind WRN-70-16 (Gowal2020Uncovering) loads into `wrn-70-16` as is.
+DeepMind WRN-70-16 (Gowal2020Uncovering) loads into `wrn-70-16` as is. RobustBench checkpoints by
+their RobustBench name (architecture, normalization, unused groups) go through
+darht.models.robustbench.
 """
 
 from __future__ import annotations

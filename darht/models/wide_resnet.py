@@ -4,9 +4,18 @@ Widths 16, 16k, 32k, 64k for widen factor k; (depth - 4) / 6 blocks per group; g
 1, 2, 2. In a block, when the channel count changes, the pre-activation a = act(bn(x)) feeds both
 the conv path and the 1x1 projection shortcut; otherwise the identity shortcut takes raw x.
 
-- `wrn-34-10` (ReLU): the layout of the TRADES / MART / FAT code and RobustBench's WideResNet:
-  conv1, block{1,2,3}.layer.i.{bn1,conv1,bn2,conv2,convShortcut}, bn1, fc; stride-2 convs pad 1.
-- `wrn-70-16` (Swish): the layout of RobustBench's DeepMind WRNs (Gowal2020Uncovering):
+- `wrn-34-10`, `wrn-28-10`, `wrn-34-20` (ReLU): the layout of the TRADES / MART / FAT code and
+  RobustBench's WideResNet (robustbench/model_zoo/architectures/wide_resnet.py): conv1,
+  block{1,2,3}.layer.i.{bn1,conv1,bn2,conv2,convShortcut}, bn1, fc; stride-2 convs pad 1.
+- `wrn-32-10` (ReLU): the same layout with depth counted as 6n + 2 (n = 5 blocks per group at
+  depth 32, so it has the parameters of `wrn-34-10`): FAT's `Wide_ResNet_Madry`
+  (zjfheart/Friendly-Adversarial-Training, models/wrn_madry.py), a PyTorch port of the network of
+  Madry et al.'s CIFAR-10 challenge (MadryLab/cifar10_challenge, model.py: 5 residual units per
+  stage, widths 16/160/320/640); the "WRN-32" of the paper's Table 5 (Madry, CAT, DAT, FAT rows).
+  The original TensorFlow network differs (leaky ReLU 0.1, per-image standardization, avg-pool +
+  zero-pad shortcuts); its checkpoints do not load here.
+- `wrn-70-16`, `wrn-28-10-dm` (Swish): the layout of RobustBench's DeepMind WRNs (Gowal2020Uncovering,
+  Rebuffi2021Fixing; robustbench/model_zoo/architectures/dm_wide_resnet.py):
   mean, std ([C,1,1] buffers), init_conv, layer.g.block.i.{batchnorm_0,conv_0,batchnorm_1,conv_1,
   shortcut}, batchnorm, logits. Its convs were trained with TensorFlow 'SAME' padding, so the
   3x3 conv_0 pads (1,1,1,1) at stride 1 but (0,1,0,1) (right/bottom only) at stride 2; the
@@ -36,12 +45,15 @@ def _activation(name: str) -> type[nn.Module]:
     return ACTIVATIONS[name]
 
 
-def _blocks_per_group(name: str, depth: int, widen_factor: int) -> int:
-    if depth < 10 or (depth - 4) % 6 != 0:
-        raise DarhtError(f"{name}: depth must be 6n + 4 with n >= 1 (e.g. 34, 28, 70, 10), got {depth}")
+def _blocks_per_group(name: str, depth: int, widen_factor: int, extra: int = 4) -> int:
+    """(depth - extra) / 6 blocks per group: extra = 4 in the WRN paper's count (two convs per
+    block, the stem conv, the classifier and a projection shortcut), 2 in Madry's count."""
+    if depth < 6 + extra or (depth - extra) % 6 != 0:
+        eg = "34, 28, 70, 10" if extra == 4 else "32, 26, 8"
+        raise DarhtError(f"{name}: depth must be 6n + {extra} with n >= 1 (e.g. {eg}), got {depth}")
     if widen_factor < 1:
         raise DarhtError(f"{name}: widen_factor must be >= 1, got {widen_factor}")
-    return (depth - 4) // 6
+    return (depth - extra) // 6
 
 
 def _init(model: nn.Module) -> None:
@@ -87,9 +99,10 @@ class WideGroup(nn.Module):
 
 class WideResNet(NormalizedNet):
     def __init__(self, num_classes: int, in_chans: int = 3, depth: int = 34, widen_factor: int = 10,
-                 activation: str = "relu", drop_rate: float = 0.0, mean: Stats = None, std: Stats = None):
+                 activation: str = "relu", drop_rate: float = 0.0, mean: Stats = None, std: Stats = None,
+                 name: str = "wrn-34-10", depth_extra: int = 4):
         super().__init__(in_chans, mean, std)
-        n = _blocks_per_group("wrn-34-10", depth, widen_factor)
+        n = _blocks_per_group(name, depth, widen_factor, depth_extra)
         act = _activation(activation)
         c = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(in_chans, c[0], 3, padding=1, bias=False)
@@ -150,9 +163,9 @@ class DMGroup(nn.Module):
 
 class DMWideResNet(NormalizedNet):
     def __init__(self, num_classes: int, in_chans: int = 3, depth: int = 70, widen_factor: int = 16,
-                 activation: str = "swish", mean: Stats = None, std: Stats = None):
+                 activation: str = "swish", mean: Stats = None, std: Stats = None, name: str = "wrn-70-16"):
         super().__init__(in_chans, mean, std)
-        n = _blocks_per_group("wrn-70-16", depth, widen_factor)
+        n = _blocks_per_group(name, depth, widen_factor)
         act = _activation(activation)
         c = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.init_conv = nn.Conv2d(in_chans, c[0], 3, padding=1, bias=False)
@@ -187,3 +200,39 @@ def wrn_70_16(num_classes: int, in_chans: int = 3, img_size: int = 32, *, depth:
               std: Stats = None) -> DMWideResNet:
     return DMWideResNet(num_classes, in_chans, depth=depth, widen_factor=widen_factor, activation=activation,
                         mean=mean, std=std)
+
+
+@MODELS.register("wrn-28-10")
+def wrn_28_10(num_classes: int, in_chans: int = 3, img_size: int = 32, *, depth: int = 28,
+              widen_factor: int = 10, activation: str = "relu", drop_rate: float = 0.0,
+              mean: Stats = None, std: Stats = None) -> WideResNet:
+    """WRN-28-10 in the TRADES / RobustBench layout (Carmon2019Unlabeled, Standard, ...)."""
+    return WideResNet(num_classes, in_chans, depth=depth, widen_factor=widen_factor, activation=activation,
+                      drop_rate=drop_rate, mean=mean, std=std, name="wrn-28-10")
+
+
+@MODELS.register("wrn-34-20")
+def wrn_34_20(num_classes: int, in_chans: int = 3, img_size: int = 32, *, depth: int = 34,
+              widen_factor: int = 20, activation: str = "relu", drop_rate: float = 0.0,
+              mean: Stats = None, std: Stats = None) -> WideResNet:
+    """WRN-34-20 in the TRADES / RobustBench layout (Rice2020Overfitting, Chen2021LTD_WRN34_20)."""
+    return WideResNet(num_classes, in_chans, depth=depth, widen_factor=widen_factor, activation=activation,
+                      drop_rate=drop_rate, mean=mean, std=std, name="wrn-34-20")
+
+
+@MODELS.register("wrn-32-10")
+def wrn_32_10(num_classes: int, in_chans: int = 3, img_size: int = 32, *, depth: int = 32,
+              widen_factor: int = 10, activation: str = "relu", drop_rate: float = 0.0,
+              mean: Stats = None, std: Stats = None) -> WideResNet:
+    """WRN-32-10 as FAT's `Wide_ResNet_Madry` counts it (depth 6n + 2; see the module docstring)."""
+    return WideResNet(num_classes, in_chans, depth=depth, widen_factor=widen_factor, activation=activation,
+                      drop_rate=drop_rate, mean=mean, std=std, name="wrn-32-10", depth_extra=2)
+
+
+@MODELS.register("wrn-28-10-dm")
+def wrn_28_10_dm(num_classes: int, in_chans: int = 3, img_size: int = 32, *, depth: int = 28,
+                 widen_factor: int = 10, activation: str = "swish", mean: Stats = None,
+                 std: Stats = None) -> DMWideResNet:
+    """WRN-28-10 in the DeepMind layout, Swish (Gowal2020Uncovering_28_10_extra, Rebuffi2021Fixing_28_10_*)."""
+    return DMWideResNet(num_classes, in_chans, depth=depth, widen_factor=widen_factor, activation=activation,
+                        mean=mean, std=std, name="wrn-28-10-dm")

@@ -1,0 +1,482 @@
+"""Model cards: a model exported with every number measured on it, and how to re-measure each.
+
+`darht export RUN_DIR --out DIR` writes DIR/model.safetensors + DIR/model.json (the deterministic
+model, readable by `darht evaluate --checkpoint DIR`, `load_model(DIR)` and as a teacher) and
+DIR/card.json. Every number of the card comes from an evaluation record that `darht evaluate`'s own
+code path made (darht.cli.evaluate.run_evaluation on the argv stored in the card), and
+`darht evaluate --card DIR` re-runs those argv lists and compares (`verify_card`). This module
+builds, writes, reads and verifies cards; it never runs an evaluation itself (the caller passes
+`rerun`), so there is one evaluation path.
+
+Schema (card_version 1; a JSON object):
+
+  card_version   1
+  kind           "model-card"
+  created        UTC time of the export (ISO 8601)
+  model          {weights: "model.safetensors", sidecar: "model.json", sha256 (of the weights file),
+                  spec (name, num_classes, in_chans, img_size, kwargs: what create_model rebuilds),
+                  name, kwargs, params (number of parameters), randomized (the exported model's),
+                  mc_mode: {dropout, mc_samples} for a darht-student whose MC dropout was switched
+                  off for export (its weights are unchanged; `darht evaluate --mode mc` on the export
+                  switches it back on from the sidecar's meta.mc_mode), else null}
+  data           {name, split, size (examples in the split), shape [C, H, W], img_size, in_chans,
+                  num_classes, classes, root (as given, may be null), kwargs (the loader's options)}
+  threat_model   {norm: "Linf", eps (float, [0, 1] pixel units), eps_text (as given, e.g. "8/255"),
+                  eps_255 (eps * 255)}
+  evaluations    {face: evaluation}, face "deterministic" (the exported model; "randomized" if the
+                  exported model is stochastic on its own) and, for an MC student, "mc"; each
+                  evaluation: {command (a `darht evaluate ...` shell line), argv (the same as a list,
+                  without "darht"), face, randomized, attacks, attack_args (as called), eot, draws
+                  (1 and 1 when deterministic), eps, n, seed, trials_count, batch_size, device,
+                  data {name, split, size}, selection (the rule choosing the examples, in words),
+                  examples (the record's per-example results: index = the exact indices into the
+                  split, clean, robust[attack], strict[attack], ...), checks (the sanity-check
+                  sentences of darht.evaluation.checks), wall_time_s}
+  numbers        [{name ("<face>.clean", "<face>.robust.<attack>", "<face>.robust.worst" with
+                  several attacks; randomized faces add "<face>.clean_strict", "<face>.strict.<attack>"
+                  and "<face>.pyautoattack_verdict.<attack>" for ensembles), metric (in words),
+                  value, evaluation (its face), n, seed, randomized, tolerance (0.0: must reproduce
+                  exactly), command (the line that reproduces it)}]
+  tolerance      {rule (in words), confidence, z}: how a randomized number's tolerance is set
+  checks         {face: [sentences]}: the sanity-check flags of each evaluation
+  training       {run_dir, checkpoint (the run's weights file exported), config (the run's
+                  config.yaml), meta (the checkpoint's training meta: method, epoch, val_clean, ...)}
+  software       {darht, git, python, platform, torch, torchvision, pyautoattack, safetensors, numpy,
+                  scipy, timm}: versions at export (null where not installed)
+
+Tolerance. A deterministic evaluation (fixed seeds, pyautoattack reseeded, no dropout) must
+reproduce exactly; only a different device type (CPU vs CUDA kernels) can move it, and then it
+does not reproduce. A randomized number is a mean over n examples of a per-example score in [0, 1]
+(the fraction of the draws correct). A [0, 1]-valued variable of mean m has variance <= m(1 - m),
+so the mean of n independent examples has variance <= mu(1 - mu) / n (mu: the mean of the m_i, by
+Jensen), and the difference of two independent measurements <= 2 mu(1 - mu) / n: the binomial
+bound on the recorded n, whatever the draws and the attack's own randomness. The tolerance is
+z * sqrt(2 mu~(1 - mu~) / n) with mu~ = (n v + 2) / (n + 4) (the Agresti-Coull centre at the
+recorded value v, so a value of 0 or 1 keeps a non-zero width) and z the two-sided normal quantile
+of `CONFIDENCE` (99.9%: a faithful re-measurement fails a number about once in a thousand, or
+less, the bound being conservative). On the machine of the export the re-measurement is usually
+bit-identical (same seeds), which the verification reports as "exact".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any, Callable, Iterator
+
+from darht import __version__
+from darht.errors import DarhtError
+from darht.utils import atomic_write_json, git_revision, read_json
+
+CARD_VERSION = 1
+CARD_NAME = "card.json"
+MODEL_STEM = "model"
+CONFIDENCE = 0.999
+SELECTION = ("the first n of torch.randperm(size, generator=torch.Generator().manual_seed(seed)) over "
+             "the examples of the split, sorted (all of them when n >= size): "
+             "darht.evaluation.spec.trial_indices with trials=1")
+_PACKAGES = ("torch", "torchvision", "pyautoattack", "safetensors", "numpy", "scipy", "timm")
+# the settings of an evaluation that a re-run must reproduce before its numbers are compared
+SETTINGS = ("face", "randomized", "attacks", "attack_args", "eot", "draws", "eps", "n", "seed", "trials_count",
+            "batch_size", "data")
+
+
+# ---- the run directory --------------------------------------------------------------------------
+def read_run_dir(path: str | Path, weights: str | None = None) -> dict:
+    """{run_dir, checkpoint, config} of a training run directory (DarhtError if it is not one).
+
+    `weights`: "best" or "last"; None: best, else last (as `load_model(run_dir)` picks).
+    """
+    from darht.config import load_yaml
+    from darht.models.io import RUN_DIR_NAMES, resolve_checkpoint
+
+    d = Path(path)
+    if not d.exists():
+        raise DarhtError(f"run directory not found: {d}")
+    if not d.is_dir():
+        raise DarhtError(f"{d} is not a directory; export takes a training run directory")
+    if not (d / "config.yaml").is_file():
+        raise DarhtError(f"{d} is not a darht run directory (no config.yaml)")
+    config = load_yaml(d / "config.yaml")
+    if not isinstance(config, dict) or not isinstance(config.get("data"), dict) or not config["data"].get("name"):
+        raise DarhtError(f"{d / 'config.yaml'} is not a darht run config (no data.name)")
+    if weights is None:
+        try:
+            ckpt = resolve_checkpoint(d)
+        except DarhtError:
+            raise DarhtError(f"{d}: no checkpoint in the run directory (looked for "
+                             f"{', '.join(n + '.safetensors' for n in RUN_DIR_NAMES[:2])})") from None
+    else:
+        ckpt = d / f"{weights}.safetensors"
+        if not ckpt.is_file():
+            raise DarhtError(f"{d}: no {weights} checkpoint ({ckpt.name} not found)")
+    return {"run_dir": str(d), "checkpoint": ckpt, "config": config}
+
+
+def switch_off_mc(model: Any) -> dict | None:
+    """Switch a darht-student's MC dropout off in place (dropout 0, one sample: the deterministic
+    face, as a spec that `create_model` rebuilds); returns its MC mode {dropout, mc_samples}, or
+    None when the model has none."""
+    from darht.models.student import unwrap_student
+
+    student = unwrap_student(model)
+    if student is None or student.dropout == 0.0:
+        return None
+    mc = {"dropout": student.dropout, "mc_samples": student.mc_samples}
+    student.configure(dropout=0.0, mc_samples=1)
+    student.set_deterministic(False)
+    return mc
+
+
+def restore_mc_mode(model: Any, mc_mode: Any) -> bool:
+    """Give an exported darht-student (dropout 0) back the MC mode its sidecar records; True if done."""
+    from darht.models.student import unwrap_student
+
+    student = unwrap_student(model)
+    if student is None or student.dropout != 0.0 or not isinstance(mc_mode, dict):
+        return False
+    try:
+        student.configure(dropout=float(mc_mode["dropout"]), mc_samples=int(mc_mode["mc_samples"]))
+    except (KeyError, TypeError, ValueError):
+        raise DarhtError(f"the checkpoint's meta.mc_mode is not {{dropout, mc_samples}}: {mc_mode!r}") from None
+    student.set_deterministic(False)
+    return True
+
+
+# ---- the commands -------------------------------------------------------------------------------
+def evaluate_argv(checkpoint: str | Path, *, data: dict, attacks: list[str], attack_args: list[str], eps: str,
+                  n: int, seed: int, batch_size: int, device: str, mode: str | None = None,
+                  eot: int | None = None, draws: int | None = None) -> list[str]:
+    """The `darht evaluate` argv (without "darht") of one evaluation of the card, every setting explicit.
+
+    data: {name, split, root, kwargs}; attack_args: "ATTACK.KEY=VALUE" items as given by the user;
+    mode "mc": the MC face of an exported darht-student (with its eot and draws).
+    """
+    argv = ["evaluate", "--checkpoint", str(checkpoint), "--data", data["name"], "--split", data["split"]]
+    if data.get("root"):
+        argv += ["--root", str(data["root"])]
+    for k, v in (data.get("kwargs") or {}).items():
+        argv += ["--data-arg", f"{k}={json.dumps(v)}"]  # JSON is YAML: --data-arg reads it back as is
+    argv += ["--attacks", ",".join(attacks), "--eps", eps, "--n", str(n), "--trials", "1", "--seed", str(seed),
+             "--batch-size", str(batch_size)]
+    for item in attack_args:
+        argv += ["--attack-arg", item]
+    if mode is not None:
+        argv += ["--mode", mode]
+    if eot is not None:
+        argv += ["--eot", str(eot)]
+    if draws is not None:
+        argv += ["--draws", str(draws)]
+    return argv + ["--device", device]
+
+
+def shell_command(argv: list[str]) -> str:
+    return "darht " + shlex.join(argv)
+
+
+def rerun_argv(argv: list[str], checkpoint: str | Path, *, root: str | None = None, device: str | None = None,
+               progress: bool = True) -> list[str]:
+    """A card's argv pointed at `checkpoint` (the card's own directory), with the flags that do not
+    change a number (data root, device, progress) replaced as asked."""
+    out = list(argv)
+    for flag, value in (("--checkpoint", str(checkpoint)), ("--root", root), ("--device", device)):
+        if value is None:
+            continue
+        if flag in out:
+            i = out.index(flag)
+            out[i + 1:i + 2] = [str(value)]
+        else:
+            out += [flag, str(value)]
+    if not progress and "--no-progress" not in out:
+        out.append("--no-progress")
+    return out
+
+
+# ---- numbers ------------------------------------------------------------------------------------
+def face_of(record: dict, mode: str | None) -> str:
+    if mode == "mc":
+        return "mc"
+    return "randomized" if record.get("randomized") else "deterministic"
+
+
+def numbers_of(record: dict, face: str) -> dict[str, tuple[float, str]]:
+    """{number name: (value, metric in words)} of an evaluation record (darht evaluate's)."""
+    s = record["summary"]
+    attacks = list(record.get("attacks") or [])
+    out = {f"{face}.clean": (s["clean"]["mean"], "clean accuracy")}
+    for a in attacks + (["worst"] if len(attacks) > 1 else []):
+        what = "the per-example worst case over the attacks" if a == "worst" else a
+        out[f"{face}.robust.{a}"] = (s["robust"][a]["mean"], f"robust accuracy under {what}")
+    if record.get("randomized"):
+        out[f"{face}.clean_strict"] = (s["clean_strict"]["mean"], "clean accuracy, all draws correct")
+        for a in attacks + (["worst"] if len(attacks) > 1 else []):
+            out[f"{face}.strict.{a}"] = (s["strict"][a]["mean"], f"robust accuracy under {a}, all draws correct")
+        for a, v in (s.get("pyautoattack_verdict") or {}).items():
+            out[f"{face}.pyautoattack_verdict.{a}"] = (v, f"robust accuracy under {a} by pyautoattack's own verdict")
+    return out
+
+
+def tolerance(value: float, n: int, randomized: bool, confidence: float = CONFIDENCE) -> float:
+    """How far a re-measurement may lie from `value` (module docstring); 0.0 for a deterministic number."""
+    if not randomized:
+        return 0.0
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    mu = (value * n + 2) / (n + 4)
+    return z * math.sqrt(2 * mu * (1 - mu) / n)
+
+
+def settings_of(record: dict, face: str) -> dict:
+    """The settings of an evaluation record that must agree for its numbers to be comparable."""
+    return {"face": face, "randomized": bool(record["randomized"]), "attacks": list(record["attacks"]),
+            "attack_args": record["attack_args"], "eot": record["eot"], "draws": record["draws"],
+            "eps": record["eps"], "n": record["n"], "seed": record["seed"],
+            "trials_count": record.get("trials_count", 1), "batch_size": record.get("batch_size"),
+            "data": record.get("data")}
+
+
+def _plain(obj: Any) -> Any:
+    """JSON round trip: what the card holds, so settings compare exactly as stored."""
+    return json.loads(json.dumps(obj))
+
+
+# ---- building and writing -----------------------------------------------------------------------
+def software_versions() -> dict:
+    out: dict[str, Any] = {"darht": __version__, "git": git_revision(), "python": sys.version.split()[0],
+                           "platform": platform.platform()}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def evaluation_entry(record: dict, face: str, argv: list[str], device: str) -> dict:
+    """One evaluation of the card, from the record `darht evaluate`'s code path made running `argv`."""
+    return {"command": shell_command(argv), "argv": list(argv), **settings_of(record, face), "device": device,
+            "selection": SELECTION, "examples": record["examples"], "checks": list(record.get("checks", [])),
+            "wall_time_s": record.get("wall_time_s")}
+
+
+def build_card(*, model: Any, weights: Path, mc_mode: dict | None, data: Any, data_cfg: dict, eps_text: str,
+               evaluations: dict[str, dict], records: dict[str, dict], source: dict, sidecar: dict) -> dict:
+    """The card (module docstring), from the exported model, the data set and the evaluations.
+
+    evaluations: {face: evaluation_entry(...)}; records: {face: its evaluation record};
+    source: read_run_dir(...); sidecar: the run checkpoint's darht sidecar (read_meta).
+    """
+    from darht.evaluation.verdict import is_randomized
+
+    spec = dict(model.spec)
+    c, h, _ = data.shape
+    first = next(iter(records.values()))
+    eps = float(first["eps"])
+    numbers = []
+    for face, rec in records.items():
+        ev = evaluations[face]
+        for name, (value, metric) in numbers_of(rec, face).items():
+            numbers.append({"name": name, "metric": metric, "value": value, "evaluation": face, "n": rec["n"],
+                            "seed": rec["seed"], "randomized": bool(rec["randomized"]),
+                            "tolerance": tolerance(value, rec["n"], bool(rec["randomized"])),
+                            "command": ev["command"]})
+    return {
+        "card_version": CARD_VERSION,
+        "kind": "model-card",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"weights": weights.name, "sidecar": weights.with_suffix(".json").name, "sha256": sha256(weights),
+                  "spec": spec, "name": spec.get("name"), "kwargs": spec.get("kwargs", {}),
+                  "params": int(sum(p.numel() for p in model.parameters())),
+                  "randomized": bool(is_randomized(model)), "mc_mode": mc_mode},
+        "data": {"name": data_cfg["name"], "split": data_cfg["split"], "size": len(data),
+                 "shape": [c, h, data.shape[2]], "img_size": h, "in_chans": c, "num_classes": data.num_classes, "classes": list(data.classes),
+                 "root": data_cfg.get("root"), "kwargs": dict(data_cfg.get("kwargs") or {})},
+        "threat_model": {"norm": "Linf", "eps": eps, "eps_text": eps_text, "eps_255": eps * 255},
+        "evaluations": evaluations,
+        "numbers": numbers,
+        "tolerance": {"rule": "deterministic numbers: exact; randomized: |re-measured - recorded| <= "
+                              "z * sqrt(2 m (1 - m) / n), m = (n * recorded + 2) / (n + 4), z the two-sided "
+                              "normal quantile of `confidence` (a binomial bound on the recorded n)",
+                      "confidence": CONFIDENCE, "z": NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)},
+        "checks": {face: list(ev["checks"]) for face, ev in evaluations.items()},
+        "training": {"run_dir": source["run_dir"], "checkpoint": str(source["checkpoint"]),
+                     "config": source["config"], "meta": sidecar.get("meta", {})},
+        "software": software_versions(),
+    }
+
+
+def check_target(out: str | Path, force: bool) -> None:
+    """Before any work: DIR can be written, and is absent, empty, or `force` replaces it."""
+    from darht.utils import check_output
+
+    check_output(out, "dir")
+    p = Path(out)
+    if p.is_dir() and any(p.iterdir()) and not force:
+        raise DarhtError(f"--out {p} exists and is not empty; choose another directory or pass --force")
+
+
+@contextmanager
+def staged_dir(out: str | Path, force: bool) -> Iterator[Path]:
+    """A temporary directory beside `out`, renamed to `out` when the block ends without error (a
+    crash leaves `out` as it was, and a hidden .tmp directory at worst). With `force` an existing
+    `out` is moved aside first and removed only once the new one is in place."""
+    out = Path(out)
+    parent = out.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 directories; give the usual permissions
+    try:
+        yield tmp
+        _publish(tmp, out.absolute(), force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _publish(tmp: Path, out: Path, force: bool) -> None:
+    if out.is_dir() and not any(out.iterdir()):
+        os.replace(tmp, out)  # rename(2) replaces an empty directory
+        return
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    if not force:
+        raise DarhtError(f"--out {out} exists and is not empty; choose another directory or pass --force")
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+    os.rename(out, old / out.name)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_card(directory: str | Path, card: dict) -> Path:
+    path = Path(directory) / CARD_NAME
+    atomic_write_json(path, card)
+    return path
+
+
+# ---- reading and verifying ----------------------------------------------------------------------
+def card_path(path: str | Path) -> Path:
+    """The card file meant by `path`: the card.json itself or the directory holding it."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CARD_NAME
+    if not p.exists():
+        raise DarhtError(f"model card not found: {p}")
+    return p
+
+
+def read_card(path: str | Path) -> tuple[Path, dict]:
+    """(card file, card), checked to be a card of a version this darht reads; DarhtError otherwise."""
+    p = card_path(path)
+    card = read_json(p, "model card")
+    if not isinstance(card, dict) or card.get("kind") != "model-card":
+        raise DarhtError(f"{p}: not a darht model card (no kind: model-card)")
+    if card.get("card_version") != CARD_VERSION:
+        raise DarhtError(f"{p}: card_version {card.get('card_version')!r} is not one this darht reads "
+                         f"({CARD_VERSION})")
+    evals, numbers = card.get("evaluations"), card.get("numbers")
+    if not isinstance(evals, dict) or not evals or not isinstance(numbers, list):
+        raise DarhtError(f"{p}: a model card needs 'evaluations' (an object) and 'numbers' (a list)")
+    for face, ev in evals.items():
+        argv = ev.get("argv") if isinstance(ev, dict) else None
+        if not isinstance(argv, list) or not argv or argv[0] != "evaluate" or not all(isinstance(a, str) for a in argv):
+            raise DarhtError(f"{p}: evaluations.{face}.argv must be a `darht evaluate` argv (a list of strings)")
+    for i, num in enumerate(numbers):
+        ok = isinstance(num, dict) and isinstance(num.get("name"), str) and num.get("evaluation") in evals
+        for key in ("value", "tolerance", "n"):
+            ok = ok and isinstance(num.get(key), (int, float)) and not isinstance(num.get(key), bool)
+        if not ok:
+            raise DarhtError(f"{p}: numbers[{i}] needs name, evaluation (one of {', '.join(evals)}), "
+                             "and numeric value, tolerance and n")
+    model = card.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("weights"), str) \
+            or Path(model["weights"]).name != model["weights"] or not model["weights"].endswith(".safetensors"):
+        raise DarhtError(f"{p}: a model card needs model.weights, the name of a .safetensors file beside it")
+    return p, card
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def verify_card(card: dict, directory: str | Path, rerun: Callable[[list[str]], tuple[dict, str]], *,
+                root: str | None = None, device: str | None = None, progress: bool = True) -> dict:
+    """Re-measure every number of `card` (read by read_card) on the same examples with the same settings.
+
+    `rerun(argv) -> (record, face)`: runs one `darht evaluate` argv through the CLI's evaluation
+    path. Returns {reproduced, numbers: [{name, recorded, remeasured, tolerance, ok, exact}],
+    not_reproduced: [names], problems: [sentences], notes: [sentences], weights_ok}.
+    """
+    directory = Path(directory)
+    weights = directory / card["model"]["weights"]
+    if not weights.is_file():
+        raise DarhtError(f"the card's model weights are missing: {weights}")
+    problems: list[str] = []
+    notes: list[str] = []
+    weights_ok = card["model"].get("sha256") == sha256(weights)
+    if not weights_ok:
+        problems.append(f"model weights: {weights.name} is not the file the card was made with (sha256 differs)")
+    rows = []
+    for face, ev in card["evaluations"].items():
+        argv = rerun_argv(ev["argv"], weights, root=root, device=device, progress=progress)
+        record, got_face = rerun(argv)
+        got = {**settings_of(record, got_face), "examples_index": record["examples"]["index"]}
+        want = {k: ev.get(k) for k in SETTINGS}
+        want["examples_index"] = (ev.get("examples") or {}).get("index")
+        for k, v in _plain(got).items():
+            if k == "data":  # the split's size and name must match; its location may differ
+                v = {kk: vv for kk, vv in (v or {}).items() if kk in ("name", "split", "size")}
+                want[k] = {kk: vv for kk, vv in (want[k] or {}).items() if kk in ("name", "split", "size")}
+            if v != want[k]:
+                what = "examples (indices)" if k == "examples_index" else k
+                problems.append(f"evaluations.{face}: {what} differs from the card's "
+                                f"({json.dumps(want[k])[:60]} vs re-run {json.dumps(v)[:60]})")
+        if device is not None and ev.get("device") and device.split(":")[0] != str(ev["device"]).split(":")[0]:
+            notes.append(f"evaluations.{face}: re-measured on {device}, recorded on {ev['device']}: "
+                         "deterministic numbers can differ between device types")
+        now = numbers_of(record, got_face)
+        for num in (x for x in card["numbers"] if x["evaluation"] == face):
+            # the re-run's randomized and n, not what the card claims for the number
+            rand, n = bool(record["randomized"]), int(record["n"])
+            tol = tolerance(float(num["value"]), n, rand)
+            if num["n"] != n:
+                problems.append(f"{num['name']}: the card says n={num['n']}, its command measures n={n}")
+            if not _same(tol, float(num["tolerance"])):
+                problems.append(f"{num['name']}: the card's tolerance {num['tolerance']:.6f} does not follow its "
+                                f"rule ({tol:.6f} for n={n})")
+            if num["name"] not in now:
+                rows.append({"name": num["name"], "recorded": num["value"], "remeasured": None, "tolerance": tol,
+                             "ok": False, "exact": False})
+                continue
+            value = now[num["name"]][0]
+            exact = _same(value, float(num["value"]))
+            ok = exact or (rand and abs(value - float(num["value"])) <= tol)
+            rows.append({"name": num["name"], "recorded": num["value"], "remeasured": value, "tolerance": tol,
+                         "ok": ok, "exact": exact})
+    bad = [r["name"] for r in rows if not r["ok"]]
+    problems += [f"{r['name']}: recorded {r['recorded']:.6f}, re-measured "
+                 f"{'nothing' if r['remeasured'] is None else format(r['remeasured'], '.6f')}"
+                 + ("" if r["tolerance"] == 0 else f" (tolerance {r['tolerance']:.6f})") for r in rows if not r["ok"]]
+    return {"kind": "card-verification", "reproduced": not problems, "numbers": rows, "not_reproduced": bad,
+            "problems": problems, "notes": notes, "weights_ok": weights_ok}
