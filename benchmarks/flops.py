@@ -13,7 +13,8 @@ exact for a given shape: convolutions and matmuls, 2 FLOPs per multiply-add; ele
 norms and softmaxes are not counted). The attack is counted from one recorded call of the
 method's inner attack (its batch, steps and loss) and one measured forward+input-backward; the
 teachers and the update from `method.loss` + `loss.backward()` with that attack stubbed out.
-FAT's early stopping can only lower the attack's count: K steps is an upper bound.
+FAT's and DAT's early stopping can only lower the attack's count: K steps is an upper bound; CAT
+is counted at its last lesson (mixed strengths 0..K), also an upper bound.
 
 Per epoch: ceil(train examples / batch) steps, plus validation (`eval.n` examples, `eval.steps`
 PGD steps + 2 forwards; for a randomized DARHT student EOT and the verdict's draws sample only the
@@ -55,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 import darht.methods  # noqa: E402,F401 - registers the methods
 from darht.config import load_yaml, make_config  # noqa: E402
 from darht.methods.base import Method, teacher_specs  # noqa: E402
+from darht.models import robustbench  # noqa: E402
 from darht.evaluation.spec import DEFAULT_EOT  # noqa: E402
 from darht.models import create_model, is_randomized  # noqa: E402
 from darht.models.teachers import FrozenTeacher  # noqa: E402
@@ -139,6 +141,10 @@ def step_flops(method_cls: type, model_name: str, model_kwargs: dict, method_arg
                 for n, kw in teacher_models]
     method = method_cls(model, teachers, **method_args)
     method.start_epoch(0, 100)
+    if isinstance(getattr(method, "k", None), int) and hasattr(method.args, "start_k"):
+        method.k = method.args.steps  # CAT's curriculum counted at its last lesson: an upper bound
+    if hasattr(method, "choose"):  # DARHT's coins: every example chosen, scaled by adv_prob below
+        method.choose = lambda n, device: torch.ones(n, dtype=torch.bool)
     calls: list[dict] = []
     teacher_counts = [0, 0]
 
@@ -162,12 +168,12 @@ def step_flops(method_cls: type, model_name: str, model_kwargs: dict, method_arg
     original = Method.perturb
     Method.perturb = stub
     try:
-        with fx_config.patch(meta_nonzero_assume_all_nonzero=True):  # DARHT's adversarial subset
+        with fx_config.patch(meta_nonzero_assume_all_nonzero=True):  # any subset taken on meta
             total, kernels = counted(lambda: method.loss(x, y)["loss"].backward())
     finally:
         Method.perturb = original
     # the attack: per call, its steps x one forward+input-backward on its examples; DARHT attacks
-    # adv_prob of the batch in expectation (on meta, nonzero() says: all of it)
+    # adv_prob of the batch in expectation (its coins are replaced above: all chosen)
     attack_f = attack_k = 0.0
     frac = getattr(method.args, "adv_prob", 1.0)
     for call in calls:
@@ -199,12 +205,16 @@ def validation_per_example(model: torch.nn.Module, shape: tuple) -> dict[str, in
 
 
 # ---- the configs -----------------------------------------------------------------------------------
-def teacher_model(spec: dict) -> tuple[str, dict]:
-    """(model name, kwargs) a pipeline teacher spec builds: `checkpoint: NAME=PATH` or `model:`."""
+def teacher_model(spec: dict, num_classes: int) -> tuple[str, dict]:
+    """(model name, kwargs) a pipeline teacher spec builds: `checkpoint: NAME=PATH` (NAME a model
+    or a RobustBench name) or `model:`."""
     if "checkpoint" in spec:
         name, sep, _ = str(spec["checkpoint"]).partition("=")
         if not sep:
             raise SystemExit(f"flops: cannot tell the architecture of checkpoint {spec['checkpoint']!r}")
+        if robustbench.is_known(name):
+            entry = robustbench.lookup(name, num_classes=num_classes)
+            return entry.model, dict(entry.kwargs)
         return name, {}
     model = spec.get("model") or {}
     return model.get("name", "small-cnn"), dict(model.get("kwargs") or {})
@@ -231,7 +241,7 @@ def stages(path: Path) -> list[dict]:
         tcfg = train_cfg(spec, spec.get("teachers") or [])
         order = teacher_specs(METHODS.get(tcfg.method), tcfg.teachers)  # the method's role order
         out.append({"kind": "student", "name": name, "cfg": tcfg, "teachers": order,
-                    "teacher_models": [teacher_model(cfg.teachers[t]) for t in order]})
+                    "teacher_models": [teacher_model(cfg.teachers[t], DATA[cfg.data.name][1]) for t in order]})
     return cfg, out
 
 
