@@ -44,7 +44,7 @@ class PipelineConfig:
     fallback_data_kwargs: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)        # TrainConfig keys shared by every stage
     teachers: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> TrainConfig keys | {checkpoint}
-    students: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> TrainConfig keys (teachers by name)
+    students: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> TrainConfig keys (teachers by name; seeds: [..] repeats it)
     evaluation: dict[str, Any] = field(default_factory=dict)   # EvalSpec fields; split: test
     evaluate_teachers: bool = False
     transfer: dict[str, Any] | None = None  # {attack, eps, n, attack_args}; None: skip
@@ -62,8 +62,35 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> PipelineConfig
     return make_config(load_yaml(path), overrides, cls=PipelineConfig)
 
 
+def expand_seeds(stages: dict[str, dict[str, Any]], kind: str = "students") -> dict[str, dict[str, Any]]:
+    """A stage with `seeds: [s0, s1, ...]` becomes one stage per seed, named `NAME-s<seed>`, each
+    with `seed: <seed>` (the same teachers, data and evaluation examples: only the training
+    randomness differs). Other stages are kept as they are, in order."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in stages.items():
+        seeds = spec.get("seeds") if isinstance(spec, dict) else None
+        if seeds is None:
+            out[name] = spec
+            continue
+        if "seed" in spec:
+            raise DarhtError(f"config: {kind}.{name}: give either seed or seeds, not both")
+        if (not isinstance(seeds, list) or not seeds
+                or any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in seeds)
+                or len(set(seeds)) != len(seeds)):
+            raise DarhtError(f"config: {kind}.{name}.seeds must be a non-empty list of distinct integers >= 0, "
+                             f"got {seeds!r}")
+        for seed in seeds:
+            out[f"{name}-s{seed}"] = {**{k: v for k, v in spec.items() if k != "seeds"}, "seed": seed}
+    clash = len(out) != sum(len(s.get("seeds") or [None]) if isinstance(s, dict) else 1 for s in stages.values())
+    if clash:
+        raise DarhtError(f"config: {kind}: a stage name made from seeds (NAME-s<seed>) is also given explicitly")
+    return out
+
+
 class Pipeline:
     def __init__(self, cfg: PipelineConfig, log=print, data: DataConfig | None = None):
+        cfg = copy.copy(cfg)
+        cfg.students = expand_seeds(cfg.students)
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.log = log

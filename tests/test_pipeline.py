@@ -123,3 +123,37 @@ def test_pipeline_refuses_unknown_teacher_names(tmp_path):
     c = load_pipeline(p)
     with pytest.raises(DarhtError, match="unknown teacher 'nope'"):
         Pipeline(c, log=lambda *_: None, data=c.data)
+
+
+def test_seeds_repeat_a_student_stage_per_training_seed(tmp_path):
+    from darht.pipeline import Pipeline, expand_seeds, load_pipeline
+
+    cfg = dict(TINY, out=str(tmp_path / "r"))
+    cfg["students"] = {**TINY["students"], "rslad": {**TINY["students"]["rslad"], "seeds": [0, 2]}}
+    p = tmp_path / "seeds.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    c = load_pipeline(p)
+    pipe = Pipeline(c, log=lambda *_: None, data=c.data)
+    assert list(pipe.cfg.students) == ["darht", "rslad-s0", "rslad-s2"]
+    assert list(c.students) == ["darht", "rslad"]  # the loaded config itself is left as it was
+    seeds = [pipe._train_cfg(pipe.cfg.students[n], tmp_path / n, ["t"]).seed for n in ("rslad-s0", "rslad-s2")]
+    assert seeds == [0, 2]
+    assert pipe._train_cfg(pipe.cfg.students["darht"], tmp_path / "d", ["t"]).seed == TINY["seed"]
+    assert pipe.cfg.students["rslad-s2"]["teachers"] == ["cnn"] and "seeds" not in pipe.cfg.students["rslad-s2"]
+    assert expand_seeds({"a": {"x": 1}}) == {"a": {"x": 1}}
+
+
+@pytest.mark.parametrize("students, words", [
+    ({"a": {"seeds": [0, 0]}}, "students.a.seeds must be a non-empty list of distinct integers"),
+    ({"a": {"seeds": []}}, "students.a.seeds must be a non-empty list"),
+    ({"a": {"seeds": "0,1"}}, "students.a.seeds must be"),
+    ({"a": {"seeds": [0, True]}}, "students.a.seeds must be"),
+    ({"a": {"seeds": [1], "seed": 3}}, "give either seed or seeds"),
+    ({"a": {"seeds": [1]}, "a-s1": {}}, "also given explicitly"),
+])
+def test_bad_seeds_are_one_line_errors(students, words):
+    from darht.errors import DarhtError
+    from darht.pipeline import expand_seeds
+
+    with pytest.raises(DarhtError, match=re.escape(words)):
+        expand_seeds(students)
