@@ -30,6 +30,7 @@ from darht.models.io import load_model, read_meta
 from darht.models.teachers import as_spec, load_attackable
 from darht.registry import ATTACKS
 from darht.report.build import write_report
+from darht.report.claims import check_claims, check_convergence
 from darht.utils import atomic_write_json, git_revision, resolve_device
 
 
@@ -48,6 +49,10 @@ class PipelineConfig:
     evaluation: dict[str, Any] = field(default_factory=dict)   # EvalSpec fields; split: test
     evaluate_teachers: bool = False
     transfer: dict[str, Any] | None = None  # {attack, eps, n, attack_args}; None: skip
+    # the paper claims the report tests (darht.report.claims) and the criterion by which a training
+    # curve counts as converged: {last: epochs, max_spread: val PGD accuracy range}; both optional
+    claims: list[dict[str, Any]] = field(default_factory=list)
+    convergence: dict[str, Any] | None = None
     progress: bool = True
 
 
@@ -122,6 +127,8 @@ class Pipeline:
         if split != "test":
             raise DarhtError(f"evaluation.split must be 'test' (pipelines evaluate on the test split), got '{split}'")
         self.transfer_settings()
+        check_claims(self.cfg.claims)
+        check_convergence(self.cfg.convergence)
 
     def transfer_settings(self) -> dict | None:
         """The transfer stage's settings, checked: {attack, eps, n, attack_args, draws}."""
@@ -284,6 +291,9 @@ class Pipeline:
     def run(self) -> Path:
         start = time.time()
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.cfg.claims or self.cfg.convergence:  # what `darht report` needs to rebuild the claims table
+            atomic_write_json(self.out / "study.json", {"claims": check_claims(self.cfg.claims),
+                                                        "convergence": check_convergence(self.cfg.convergence)})
         self.run_teachers()
         self.run_students()
         self.run_evaluation()

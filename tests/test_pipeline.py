@@ -157,3 +157,27 @@ def test_bad_seeds_are_one_line_errors(students, words):
 
     with pytest.raises(DarhtError, match=re.escape(words)):
         expand_seeds(students)
+
+
+def test_claims_and_convergence_are_checked_and_stored_for_the_report(tmp_path, monkeypatch):
+    from darht.errors import DarhtError
+    from darht.pipeline import Pipeline, load_pipeline
+
+    claim = {"id": "c", "paper": "4.2", "claim": "darht > rslad", "a": "darht", "b": "rslad", "expect": "greater"}
+    cfg = dict(TINY, out=str(tmp_path / "r"), claims=[claim], convergence={"last": 3, "max_spread": 0.02})
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    c = load_pipeline(p)
+    pipe = Pipeline(c, log=lambda *_: None, data=c.data)
+    for stage in ("run_teachers", "run_students", "run_evaluation", "run_transfer"):
+        monkeypatch.setattr(pipe, stage, lambda: None)
+    monkeypatch.setattr("darht.pipeline.write_report", lambda out: out)
+    pipe.run()
+    stored = json.loads((tmp_path / "r" / "study.json").read_text())
+    assert stored == {"claims": [{"attack": "worst", **claim}], "convergence": {"last": 3, "max_spread": 0.02}}
+    for key, value, words in (("claims", [{**claim, "expect": "up"}], "claims[0].expect"),
+                              ("convergence", {"last": 1, "max_spread": 0.1}, "convergence.last")):
+        p.write_text(yaml.safe_dump({**cfg, key: value}))
+        c = load_pipeline(p)
+        with pytest.raises(DarhtError, match=re.escape(words)):
+            Pipeline(c, log=lambda *_: None, data=c.data)

@@ -7,7 +7,8 @@ from pathlib import Path
 from darht.engine.checkpoint import read_metrics
 from darht.errors import DarhtError
 from darht.report import plots, tables
-from darht.utils import atomic_write_text, read_json
+from darht.report.claims import claims_markdown, claims_table
+from darht.utils import atomic_write_json, atomic_write_text, read_json
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -17,6 +18,9 @@ def write_report(run_dir: str | Path) -> Path:
         raise DarhtError(f"{run}: no records/ directory (run `darht run` or put evaluation records there)")
     out = run / "report"
     records = tables.load_records(records_dir)  # every record is read (and checked) before any write
+    study_path = run / "study.json"  # a pipeline's claims and convergence criterion, if it declared them
+    study = read_json(study_path, "study settings") if study_path.is_file() else {}
+    claim_rows = claims_table(study["claims"], records) if study.get("claims") else []
     transfer_path = records_dir / "transfer.json"
     transfer = read_json(transfer_path, "transfer record") if transfer_path.is_file() else None
     if transfer is not None and not (isinstance(transfer, dict) and transfer.get("kind") == "transfer"):
@@ -24,6 +28,10 @@ def write_report(run_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     table = tables.rows(records)
     md = [f"# darht report: {run.name}", ""]
+    if claim_rows:
+        md += ["## Claims", "", "Each paper claim tested on this run's records (W-Robust = (clean + robust) / 2; "
+               "`darht.report.claims` says how each test and verdict is made).", "", claims_markdown(claim_rows), ""]
+        atomic_write_json(out / "claims.json", claim_rows)
     if table:
         first = next(iter(records.values()))
         md += [f"Test split of `{first['data']['name']}`, eps = {first['eps']:.4f} "
@@ -56,12 +64,21 @@ def write_report(run_dir: str | Path) -> Path:
         md += ["## Per-epoch validation (held-out split of train)", "", "![per-epoch](epochs.png)", ""]
     if plots.w_robust_distributions(records, out / "w_robust_trials.png"):
         md += ["## W-Robust over trials", "", "![W-Robust distributions](w_robust_trials.png)", ""]
-    run_rows = _run_rows(run, runs)
+    conv = study.get("convergence")
+    run_rows = _run_rows(run, runs, conv)
     if run_rows:
+        head = "| run | method | architecture | best epoch | val clean (%) | val PGD (%) | train time (s) |"
+        rule = "|---|---|---|---|---|---|---|"
         md += ["## Trained models", "", "Best epoch chosen on the held-out validation split (clean and PGD "
-               "accuracy there, never the test set).", "",
-               "| run | method | architecture | best epoch | val clean (%) | val PGD (%) | train time (s) |",
-               "|---|---|---|---|---|---|---|"] + run_rows + [""]
+               "accuracy there, never the test set)."]
+        if conv:
+            unflat = [r.split(" | ")[0].lstrip("| ") for r in run_rows if r.endswith("| no |")]
+            md += [f"Convergence: a curve is flat when its validation PGD accuracy over the last {conv['last']} "
+                   f"epochs spans less than {100 * conv['max_spread']:.1f} points; "
+                   + (f"**not flat: {', '.join(unflat)}**." if unflat else "every run is flat.")]
+            head += f" last-{conv['last']} spread (pp) | flat |"
+            rule += "---|---|"
+        md += ["", head, rule] + run_rows + [""]
     atomic_write_text(out / "report.md", "\n".join(md))
     return out / "report.md"
 
@@ -70,7 +87,13 @@ def _fmt_pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
 
-def _run_rows(run: Path, runs: dict[str, list[dict]]) -> list[str]:
+def spread(metrics: list[dict], last: int, key: str = "val_robust") -> float | None:
+    """max - min of `key` over the last `last` validated epochs (None: fewer epochs than that)."""
+    values = [m[key] for m in metrics if m.get(key) is not None][-last:]
+    return max(values) - min(values) if len(values) == last else None
+
+
+def _run_rows(run: Path, runs: dict[str, list[dict]], conv: dict | None = None) -> list[str]:
     out = []
     for key, metrics in runs.items():
         kind, name = key.split("-", 1)
@@ -86,6 +109,10 @@ def _run_rows(run: Path, runs: dict[str, list[dict]]) -> list[str]:
         if kw:
             arch += " " + ",".join(f"{k}={v}" for k, v in kw.items())
         seconds = round(sum(m.get("time", 0) for m in metrics), 1)
-        out.append(f"| {kind[:-1]} {name} | {meta.get('method', '?')} | {arch} | {meta.get('epoch', '?')} | "
-                   f"{_fmt_pct(meta.get('val_clean'))} | {_fmt_pct(meta.get('val_robust'))} | {seconds} |")
+        row = (f"| {kind[:-1]} {name} | {meta.get('method', '?')} | {arch} | {meta.get('epoch', '?')} | "
+               f"{_fmt_pct(meta.get('val_clean'))} | {_fmt_pct(meta.get('val_robust'))} | {seconds} |")
+        if conv:
+            sp = spread(metrics, conv["last"])
+            row += f" {_fmt_pct(sp)} | {'n/a' if sp is None else ('yes' if sp < conv['max_spread'] else 'no')} |"
+        out.append(row)
     return out

@@ -3,6 +3,7 @@ W-Robust distributions over trials (Fig. 5) and the transferability heatmap."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -10,27 +11,41 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from darht.utils import atomic_write
+from darht.utils import atomic_write  # noqa: E402
 
 
+def seed_group(name: str) -> str:
+    """The run a training seed belongs to: 'students-darht-s1' -> 'students-darht'."""
+    return re.sub(r"-s\d+$", "", name)
 
 
 def epoch_curves(runs: dict[str, list[dict]], path: str | Path) -> Path | None:
-    """Validation clean accuracy and W-Robust (PGD, held-out split) per epoch, one line per run."""
+    """Validation clean accuracy and W-Robust (PGD, held-out split) per epoch: one line per run,
+    or for runs repeated over training seeds (NAME-s<k>) their mean with the min-max band."""
     runs = {k: [m for m in v if m.get("val_clean") is not None] for k, v in runs.items()}
     runs = {k: v for k, v in runs.items() if v}
     if not runs:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    groups: dict[str, list[list[dict]]] = {}
     for name, ms in runs.items():
-        ep = [m["epoch"] for m in ms]
-        clean = [100 * m["val_clean"] for m in ms]
-        wr = [100 * (m["val_clean"] + m["val_robust"]) / 2 for m in ms]
-        axes[0].plot(ep, clean, marker="o", label=name)
-        axes[1].plot(ep, wr, marker="o", label=name)
+        groups.setdefault(seed_group(name), []).append(ms)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name, members in groups.items():
+        epochs = sorted(set.intersection(*[{m["epoch"] for m in ms} for ms in members]))
+        if not epochs:
+            continue
+        label = name if len(members) == 1 else f"{name} ({len(members)} seeds)"
+        for ax, value in ((axes[0], lambda m: m["val_clean"]),
+                          (axes[1], lambda m: (m["val_clean"] + m["val_robust"]) / 2)):
+            per_seed = [{m["epoch"]: 100 * value(m) for m in ms} for ms in members]
+            mean = [sum(s[e] for s in per_seed) / len(per_seed) for e in epochs]
+            (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
+            if len(members) > 1:
+                ax.fill_between(epochs, [min(s[e] for s in per_seed) for e in epochs],
+                                [max(s[e] for s in per_seed) for e in epochs], color=line.get_color(), alpha=0.2)
     axes[0].set(title="clean accuracy (validation)", xlabel="epoch", ylabel="%")
-    axes[1].set(title="W-Robust, PGD (validation)", xlabel="epoch", ylabel="%")
-    axes[1].legend(fontsize=8)
+    axes[1].set(title="W-Robust, PGD (validation; bands: min-max over seeds)", xlabel="epoch", ylabel="%")
+    axes[1].legend(fontsize=7, ncol=2)
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()

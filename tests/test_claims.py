@@ -1,0 +1,116 @@
+"""The claims table (darht.report.claims): group resolution, the test chosen, the verdict rule,
+scipy agreement, config errors, and the report built from a run directory's study.json."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest, ttest_ind
+
+from darht.errors import DarhtError
+from darht.report.build import spread, write_report
+from darht.report.claims import check_claims, check_convergence, claims_table, resolve
+from tests.test_stats import make_record, w_by_index
+
+CLAIM = {"id": "c1", "paper": "4.2", "claim": "A beats B", "a": "darht", "b": "rslad", "attack": "pgd",
+         "expect": "greater"}
+
+
+def seeded(name: str, p_robust: float, seeds=(0, 1, 2), offset: int = 0) -> dict:
+    return {f"student-{name}-s{s}": make_record(offset + s, p_robust=p_robust) for s in seeds}
+
+
+def test_groups_resolve_by_seed_exact_name_and_face():
+    recs = {**seeded("darht", 0.7), "student-rslad": make_record(9), "student-darht-official-s0": make_record(8)}
+    assert [k for k, _ in resolve("darht", recs)] == ["student-darht-s0", "student-darht-s1", "student-darht-s2"]
+    assert [k for k, _ in resolve("rslad", recs)] == ["student-rslad"]
+    assert [k for k, _ in resolve("student-darht-s1", recs)] == ["student-darht-s1"]
+    det = make_record(3, p_robust=0.2)
+    recs["student-mc"] = {**make_record(4), "faces": {"deterministic": {k: det[k] for k in ("summary", "trials",
+                                                                                         "examples")}}}
+    ((name, face),) = resolve("mc@deterministic", recs)
+    assert name == "student-mc@deterministic" and face["summary"] == det["summary"]
+    with pytest.raises(DarhtError, match="no record for 'nope'"):
+        resolve("nope", recs)
+    with pytest.raises(DarhtError, match="has no deterministic face"):
+        resolve("rslad@deterministic", recs)
+
+
+def test_across_seeds_is_welch_and_the_verdicts_follow_the_interval():
+    recs = {**seeded("darht", 0.80), **seeded("rslad", 0.55, offset=10)}
+    (row,) = claims_table([CLAIM], recs)
+    xa = [np.mean(list(w_by_index(r, "pgd").values())) for k, r in recs.items() if "darht" in k]
+    xb = [np.mean(list(w_by_index(r, "pgd").values())) for k, r in recs.items() if "rslad" in k]
+    assert row["test"] == "Welch across seeds"
+    assert row["p_value"] == pytest.approx(ttest_ind(xa, xb, equal_var=False).pvalue, rel=1e-9)
+    assert row["effect"] == pytest.approx(np.mean(xa) - np.mean(xb), abs=1e-12)
+    assert row["ci"][0] > 0 and row["verdict"] == "reproduced"
+    (opposite,) = claims_table([{**CLAIM, "expect": "less"}], recs)
+    assert opposite["verdict"] == "contradicted"
+    same = {**seeded("darht", 0.7), **seeded("rslad", 0.7, offset=10)}
+    (row,) = claims_table([CLAIM], same)
+    assert row["ci"][0] < 0 < row["ci"][1] and row["verdict"] == "not shown"
+
+
+def test_one_record_each_is_paired_bootstrap_and_mcnemar():
+    recs = {"student-darht": make_record(0, p_robust=0.75), "student-rslad": make_record(1, p_robust=0.6)}
+    (row,) = claims_table([CLAIM], recs)
+    a, b = recs["student-darht"]["examples"]["strict"]["pgd"], recs["student-rslad"]["examples"]["strict"]["pgd"]
+    wins, losses = sum(x > y for x, y in zip(a, b)), sum(x < y for x, y in zip(a, b))
+    assert row["test"] == "paired bootstrap + McNemar"
+    assert row["p_value"] == pytest.approx(binomtest(wins, wins + losses, 0.5).pvalue, rel=1e-9)
+    assert row["ci"][0] <= row["effect"] <= row["ci"][1]
+    mixed = {**seeded("darht", 0.75), "student-rslad": make_record(1, p_robust=0.6)}
+    (row,) = claims_table([CLAIM], mixed)
+    assert "3 vs 1 records" in row["notes"][0]
+
+
+@pytest.mark.parametrize("claims, words", [
+    ({"id": "x"}, "claims must be a list"),
+    ([{**CLAIM, "expect": "bigger"}], "claims[0].expect must be one of greater, less"),
+    ([{k: v for k, v in CLAIM.items() if k != "b"}], "claims[0]: missing b"),
+    ([{**CLAIM, "color": 1}], "unknown key 'color'"),
+    ([CLAIM, CLAIM], "claim id 'c1' is used twice"),
+])
+def test_bad_claims_are_one_line_errors(claims, words):
+    with pytest.raises(DarhtError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        check_claims(claims)
+
+
+@pytest.mark.parametrize("conv, words", [
+    ({"last": 1, "max_spread": 0.02}, "convergence.last must be an integer >= 2"),
+    ({"last": 3, "max_spread": 0}, "convergence.max_spread must be a number in (0, 1]"),
+    ({"last": 3}, "convergence must be"),
+])
+def test_bad_convergence_is_a_one_line_error(conv, words):
+    with pytest.raises(DarhtError, match=words.replace("(", r"\(").replace("]", r"\]")):
+        check_convergence(conv)
+
+
+def test_spread_is_the_range_of_the_last_epochs():
+    ms = [{"val_robust": v} for v in (0.5, 0.7, 0.71, 0.69, 0.705)]
+    assert spread(ms, 3) == pytest.approx(0.02)
+    assert spread(ms, 6) is None
+
+
+def test_report_writes_the_claims_table_and_flags_unconverged_runs(tmp_path):
+    run = tmp_path / "run"
+    (run / "records").mkdir(parents=True)
+    recs = {**seeded("darht", 0.80), **seeded("rslad", 0.55, offset=10)}
+    for k, r in recs.items():  # make_record's records plus the fields a report's header reads
+        (run / "records" / f"{k}.json").write_text(json.dumps({**r, "n": 100, "trials_count": 4}))
+    for name, curve in (("darht-s0", [0.5, 0.6, 0.70, 0.71, 0.70]), ("rslad-s0", [0.3, 0.4, 0.5, 0.6, 0.7])):
+        d = run / "students" / name
+        d.mkdir(parents=True)
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "val_clean": 0.8, "val_robust": v}) + "\n"
+                                                 for i, v in enumerate(curve)))
+        (d / "best.json").write_text(json.dumps({"meta": {"method": name[:-3], "epoch": 5}, "spec": {"name": "small-cnn"}}))
+    (run / "study.json").write_text(json.dumps({"claims": [CLAIM], "convergence": {"last": 3, "max_spread": 0.02}}))
+    text = write_report(run).read_text()
+    assert "## Claims" in text and "**reproduced**" in text
+    assert "**not flat: student rslad-s0**" in text
+    rows = json.loads((run / "report" / "claims.json").read_text())
+    assert rows[0]["id"] == "c1" and rows[0]["verdict"] == "reproduced"
+    assert (run / "report" / "epochs.png").stat().st_size > 0
