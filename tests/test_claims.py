@@ -114,3 +114,28 @@ def test_report_writes_the_claims_table_and_flags_unconverged_runs(tmp_path):
     rows = json.loads((run / "report" / "claims.json").read_text())
     assert rows[0]["id"] == "c1" and rows[0]["verdict"] == "reproduced"
     assert (run / "report" / "epochs.png").stat().st_size > 0
+
+
+def test_plots_pool_the_seeds_of_one_model(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from darht.report import plots
+
+    assert plots.seed_group("student-darht-s12") == "student-darht"
+    assert plots.seed_group("students-2cnn") == "students-2cnn"
+    recs = {k: {**r, "trials_count": 4} for k, r in {**seeded("darht", 0.8), "student-rslad": make_record(5)}.items()}
+    boxes = []
+    real = matplotlib.axes.Axes.boxplot
+    monkeypatch.setattr(matplotlib.axes.Axes, "boxplot", lambda self, data, **kw: boxes.append(data) or real(self, data, **kw))
+    assert plots.w_robust_distributions(recs, tmp_path / "w.png").stat().st_size > 0
+    pgd = boxes[[*sorted(recs["student-rslad"]["summary"]["w_robust"])].index("pgd")]
+    assert [len(b) for b in pgd] == [3 * 4, 4]  # 3 seeds x 4 trials pooled; rslad's 4 trials
+    fills = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", lambda self, x, lo, hi, **kw: fills.append((lo, hi)))
+    runs = {f"students-darht-s{s}": [{"epoch": e, "val_clean": 0.8, "val_robust": 0.5 + 0.1 * s} for e in (1, 2)]
+            for s in range(3)}
+    runs["students-ard"] = [{"epoch": 1, "val_clean": 0.7, "val_robust": 0.4}]
+    assert plots.epoch_curves(runs, tmp_path / "e.png").stat().st_size > 0
+    assert len(fills) == 2  # one band per panel, for the seeded model only
+    lo, hi = fills[1]
+    assert list(lo) == pytest.approx([65.0, 65.0]) and list(hi) == pytest.approx([75.0, 75.0])

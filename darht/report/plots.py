@@ -55,16 +55,19 @@ def epoch_curves(runs: dict[str, list[dict]], path: str | Path) -> Path | None:
 
 
 def w_robust_distributions(records: dict[str, dict], path: str | Path) -> Path | None:
-    """Box plots of per-trial W-Robust per attack and model (needs records with several trials)."""
+    """Box plots of per-trial W-Robust per attack and model (paper Fig. 5; needs records with
+    several trials); the records of one model's training seeds (NAME-s<k>) are pooled in one box."""
     attacks = sorted({a for r in records.values() if r.get("trials_count", 1) > 1 for a in r["summary"]["w_robust"]})
     if not attacks:
         return None
     fig, axes = plt.subplots(1, len(attacks), figsize=(4 * len(attacks), 4), squeeze=False)
     for ax, attack in zip(axes[0], attacks):
-        names = [n for n, r in records.items() if attack in r["summary"]["w_robust"]]
-        data = [[100 * t["w_robust"][attack] for t in records[n]["trials"]] for n in names]
-        ax.boxplot(data)
-        ax.set_xticks(range(1, len(names) + 1), names, rotation=30, fontsize=8)
+        groups: dict[str, list[float]] = {}
+        for n, r in records.items():
+            if attack in r["summary"]["w_robust"]:
+                groups.setdefault(seed_group(n), []).extend(100 * t["w_robust"][attack] for t in r["trials"])
+        ax.boxplot(list(groups.values()))
+        ax.set_xticks(range(1, len(groups) + 1), list(groups), rotation=30, fontsize=8)
         ax.set(title=f"W-Robust over trials: {attack}", ylabel="%")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
