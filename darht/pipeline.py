@@ -70,12 +70,15 @@ def load_pipeline(path: str | Path, overrides: list[str] = ()) -> PipelineConfig
 def expand_seeds(stages: dict[str, dict[str, Any]], kind: str = "students") -> dict[str, dict[str, Any]]:
     """A stage with `seeds: [s0, s1, ...]` becomes one stage per seed, named `NAME-s<seed>`, each
     with `seed: <seed>` (the same teachers, data and evaluation examples: only the training
-    randomness differs). Other stages are kept as they are, in order."""
-    out: dict[str, dict[str, Any]] = {}
+    randomness differs). Order: every stage's first seed (and the stages without seeds) in the
+    config's order, then every stage's second seed, and so on, so that a study stopped part-way
+    has one run of each stage before it has a second of any."""
+    rounds: list[dict[str, dict[str, Any]]] = [{}]
+    made = 0
     for name, spec in stages.items():
         seeds = spec.get("seeds") if isinstance(spec, dict) else None
         if seeds is None:
-            out[name] = spec
+            rounds[0][name], made = spec, made + 1
             continue
         if "seed" in spec:
             raise DarhtError(f"config: {kind}.{name}: give either seed or seeds, not both")
@@ -84,10 +87,13 @@ def expand_seeds(stages: dict[str, dict[str, Any]], kind: str = "students") -> d
                 or len(set(seeds)) != len(seeds)):
             raise DarhtError(f"config: {kind}.{name}.seeds must be a non-empty list of distinct integers >= 0, "
                              f"got {seeds!r}")
-        for seed in seeds:
-            out[f"{name}-s{seed}"] = {**{k: v for k, v in spec.items() if k != "seeds"}, "seed": seed}
-    clash = len(out) != sum(len(s.get("seeds") or [None]) if isinstance(s, dict) else 1 for s in stages.values())
-    if clash:
+        for i, seed in enumerate(seeds):
+            while len(rounds) <= i:
+                rounds.append({})
+            rounds[i][f"{name}-s{seed}"] = {**{k: v for k, v in spec.items() if k != "seeds"}, "seed": seed}
+            made += 1
+    out = {k: v for r in rounds for k, v in r.items()}
+    if len(out) != made:
         raise DarhtError(f"config: {kind}: a stage name made from seeds (NAME-s<seed>) is also given explicitly")
     return out
 

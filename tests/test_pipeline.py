@@ -141,6 +141,8 @@ def test_seeds_repeat_a_student_stage_per_training_seed(tmp_path):
     assert pipe._train_cfg(pipe.cfg.students["darht"], tmp_path / "d", ["t"]).seed == TINY["seed"]
     assert pipe.cfg.students["rslad-s2"]["teachers"] == ["cnn"] and "seeds" not in pipe.cfg.students["rslad-s2"]
     assert expand_seeds({"a": {"x": 1}}) == {"a": {"x": 1}}
+    order = expand_seeds({"a": {"seeds": [0, 1]}, "b": {}, "c": {"seeds": [5, 6, 7]}})
+    assert list(order) == ["a-s0", "b", "c-s5", "a-s1", "c-s6", "c-s7"]  # one run of each stage first
 
 
 @pytest.mark.parametrize("students, words", [
