@@ -139,3 +139,55 @@ def test_plots_pool_the_seeds_of_one_model(tmp_path, monkeypatch):
     assert len(fills) == 2  # one band per panel, for the seeded model only
     lo, hi = fills[1]
     assert list(lo) == pytest.approx([65.0, 65.0]) and list(hi) == pytest.approx([75.0, 75.0])
+
+
+T_CLAIM = {"id": "t41", "paper": "4.1", "claim": "less transfer to the ViT", "source": "cnn1", "a": "vit",
+           "b": "cnn2", "expect": "less"}
+
+
+def transfer_record(fs, fa, fb) -> dict:
+    fooled = {"cnn1": {"cnn1": fs, "vit": fa, "cnn2": fb}}
+    return {"kind": "transfer", "attack": "pgd", "teacher_matrix": {"models": ["cnn1", "vit", "cnn2"], "fooled": fooled}}
+
+
+def test_transfer_claim_is_a_paired_rate_difference_with_mcnemar():
+    rng = np.random.default_rng(0)
+    fs = (rng.random(300) < 0.6).astype(float)
+    fa = (fs * (rng.random(300) < 0.2)).astype(float)   # ~20% of the source's examples fool the ViT
+    fb = (fs * (rng.random(300) < 0.6)).astype(float)   # ~60% fool the other CNN
+    (row,) = claims_table([T_CLAIM], {}, transfer_record(fs.tolist(), fa.tolist(), fb.tolist()))
+    rate = lambda f: (fs * f).sum() / fs.sum()  # noqa: E731
+    assert row["effect"] == pytest.approx(rate(fa) - rate(fb), abs=1e-12)
+    assert row["ci"][0] <= row["effect"] <= row["ci"][1] < 0 and row["verdict"] == "reproduced"
+    hit = fs == 1
+    wins, losses = int((hit & (fa == 1) & (fb == 0)).sum()), int((hit & (fa == 0) & (fb == 1)).sum())
+    assert row["p_value"] == pytest.approx(binomtest(wins, wins + losses, 0.5).pvalue, rel=1e-12)
+    (flipped,) = claims_table([{**T_CLAIM, "a": "cnn2", "b": "vit"}], {}, transfer_record(fs.tolist(), fa.tolist(),
+                                                                                        fb.tolist()))
+    assert flipped["verdict"] == "contradicted"
+    half = [0.5] * 300  # a randomized model: expected fractions, no exact test
+    (row,) = claims_table([T_CLAIM], {}, transfer_record(fs.tolist(), half, half))
+    assert row["p_value"] is None and row["verdict"] == "not shown"
+    with pytest.raises(DarhtError, match="needs a transfer record with per-example outcomes"):
+        claims_table([T_CLAIM], {}, {"kind": "transfer", "teacher_matrix": {"matrix": {}}})
+    with pytest.raises(DarhtError, match="'vit' is not in the transfer matrix"):
+        claims_table([T_CLAIM], {}, {"teacher_matrix": {"fooled": {"cnn1": {"cnn1": [1.0], "cnn2": [0.0]}}}})
+
+
+def test_transfer_matrix_records_outcomes_that_give_its_rates():
+    import torch
+
+    from darht.evaluation.transfer import transfer_matrix
+    from darht.models import create_model
+
+    torch.manual_seed(0)
+    models = {k: create_model("small-cnn", 4, 1, 12, width=4).eval() for k in ("a", "b")}
+    x = torch.rand(64, 1, 12, 12)
+    with torch.no_grad():
+        y = models["a"](x).argmax(1)  # so that model a is right on every example
+    m = transfer_matrix(models, x, y, attack="fgsm", eps=0.3, n=None)
+    for src in ("a", "b"):
+        fs, ft = np.array(m["fooled"][src][src]), np.array(m["fooled"][src]["b" if src == "a" else "a"])
+        assert len(fs) == m["examples"] and fs.sum() == m["fooled_self"][src]
+        if fs.sum():
+            assert m["matrix"][src]["b" if src == "a" else "a"] == pytest.approx((fs * ft).sum() / fs.sum())

@@ -205,7 +205,9 @@ def transfer_matrix(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tens
     """M[src][tgt] = transfer rate of examples crafted on src to tgt (diagonal: 1 where defined).
 
     Over `n` examples (all if None) drawn with `seed` among those every model classifies
-    correctly clean; fooled_self[src] = (expected) number of them x' crafted on src fools src.
+    correctly clean; fooled_self[src] = (expected) number of them x' crafted on src fools src;
+    fooled[src][tgt] = per example (in `index` order), whether (the expected fraction of draws of
+    a randomized model) x' crafted on src fools tgt: what a paired test of two rates needs.
     """
     _check(n, draws)
     ATTACKS.get(attack)
@@ -216,16 +218,19 @@ def transfer_matrix(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tens
     xs, ys = x[keep.to(x.device)], y[keep.to(y.device)]
     matrix: dict[str, dict[str, float | None]] = {}
     fooled_self: dict[str, int | float] = {}
+    per_example: dict[str, dict[str, list[float]]] = {}
     for src in names:
         x_adv = craft(models[src], xs, ys, attack, eps, batch_size, randomized=rand[src], **(attack_args or {}))
         fooled = {t: (1 - _frac_correct(models[t], x_adv, ys, rand[t], draws, batch_size)).cpu() for t in names}
         fs = fooled[src]
         fooled_self[src] = _count(fs, not rand[src])
+        per_example[src] = {t: [round(float(v), 6) for v in f] for t, f in fooled.items()}
         # the diagonal is 1 by definition; for a randomized src, "fooled twice" on independent
         # draws would give sum(f^2) / sum(f) < 1, which is not a transfer rate
         matrix[src] = {t: (None if float(fs.sum()) == 0 else 1.0) if t == src else _ratio(fs * fooled[t], fs)
                        for t in names}
     return {"examples": len(keep), "models": names, "matrix": matrix, "fooled_self": fooled_self,
+            "fooled": per_example,
             "seed": seed, "draws": draws, "pool": int(mask.sum()), "index": keep.tolist(), "randomized": rand,
             "eot": {s: _used_eot(attack, rand[s], attack_args) for s in names}}
 

@@ -18,13 +18,13 @@ def write_report(run_dir: str | Path) -> Path:
         raise DarhtError(f"{run}: no records/ directory (run `darht run` or put evaluation records there)")
     out = run / "report"
     records = tables.load_records(records_dir)  # every record is read (and checked) before any write
-    study_path = run / "study.json"  # a pipeline's claims and convergence criterion, if it declared them
-    study = read_json(study_path, "study settings") if study_path.is_file() else {}
-    claim_rows = claims_table(study["claims"], records) if study.get("claims") else []
     transfer_path = records_dir / "transfer.json"
     transfer = read_json(transfer_path, "transfer record") if transfer_path.is_file() else None
     if transfer is not None and not (isinstance(transfer, dict) and transfer.get("kind") == "transfer"):
         raise DarhtError(f"{transfer_path}: not a darht transfer record")
+    study_path = run / "study.json"  # a pipeline's claims and convergence criterion, if it declared them
+    study = read_json(study_path, "study settings") if study_path.is_file() else {}
+    claim_rows = claims_table(study["claims"], records, transfer) if study.get("claims") else []
     out.mkdir(parents=True, exist_ok=True)
     table = tables.rows(records)
     md = [f"# darht report: {run.name}", ""]

@@ -18,6 +18,16 @@ Statistics (darht.evaluation.stats.compare_groups, the same as `darht compare`):
     the exact McNemar p on per-example robustness;
   - otherwise (one side with several seeds, the other with one): every pair is compared and the
     row shows the pair of seed 0s, with a note.
+A transferability claim (paper 4.1) names a source and two targets instead, and is tested on the
+transfer record's teacher matrix (`records/transfer.json`): the rate of examples crafted on
+`source` that fool `a` vs `b`, on the same crafted examples:
+
+    - {id: t41, paper: "4.1", claim: "a CNN's examples transfer less to a ViT than to a CNN",
+       source: cnn-fat1, a: vit-fat1, b: cnn-fat2, expect: less}
+
+with effect = rate(source -> a) - rate(source -> b), a paired bootstrap CI over the examples
+(the ratio of sums resampled), and for deterministic models the exact McNemar p on the examples
+that fool the source.
 Verdict at the interval's level (95%): `reproduced` when the interval lies entirely on the
 expected side of 0, `contradicted` when it lies entirely on the other side, else `not shown`.
 """
@@ -27,10 +37,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
+from scipy.stats import binomtest
+
 from darht.errors import DarhtError
-from darht.evaluation.stats import compare_groups
+from darht.evaluation.stats import LEVEL, RESAMPLES, SEED, compare_groups
 
 KEYS = {"id", "paper", "claim", "a", "b", "attack", "expect"}
+TRANSFER_KEYS = {"id", "paper", "claim", "source", "a", "b", "expect"}
 EXPECT = ("greater", "less")
 
 
@@ -43,16 +57,17 @@ def check_claims(claims: Any) -> list[dict]:
         where = f"claims[{i}]"
         if not isinstance(c, dict):
             raise DarhtError(f"config: {where} must be a mapping")
-        missing, unknown = sorted(KEYS - {"attack"} - set(c)), sorted(set(c) - KEYS)
+        keys = TRANSFER_KEYS if "source" in c else KEYS
+        missing, unknown = sorted(keys - {"attack"} - set(c)), sorted(set(c) - keys)
         if missing or unknown:
             raise DarhtError(f"config: {where}: " + (f"missing {', '.join(missing)}" if missing
-                                                     else f"unknown key '{unknown[0]}'; known: {', '.join(sorted(KEYS))}"))
+                                                     else f"unknown key '{unknown[0]}'; known: {', '.join(sorted(keys))}"))
         if c["expect"] not in EXPECT:
             raise DarhtError(f"config: {where}.expect must be one of {', '.join(EXPECT)}, got {c['expect']!r}")
         if c["id"] in seen:
             raise DarhtError(f"config: {where}: claim id '{c['id']}' is used twice")
         seen.add(c["id"])
-    return [{"attack": "worst", **c} for c in claims]
+    return [c if "source" in c else {"attack": "worst", **c} for c in claims]
 
 
 def check_convergence(c: Any) -> dict | None:
@@ -130,8 +145,53 @@ def evaluate_claim(claim: dict, records: dict[str, dict]) -> dict:
             "verdict": verdict, "notes": notes}
 
 
-def claims_table(claims: list[dict], records: dict[str, dict]) -> list[dict]:
-    return [evaluate_claim(c, records) for c in check_claims(claims)]
+def transfer_claim(claim: dict, transfer: dict | None) -> dict:
+    """A transferability claim's row from the transfer record's teacher matrix (see the module doc)."""
+    matrix = (transfer or {}).get("teacher_matrix") or {}
+    fooled = matrix.get("fooled")
+    if fooled is None:
+        raise DarhtError(f"claims: {claim['id']} needs a transfer record with per-example outcomes "
+                         "(records/transfer.json from this version's transfer stage)")
+    for key in ("source", "a", "b"):
+        known = fooled if key == "source" else fooled[claim["source"]]
+        if claim[key] not in known or claim["source"] not in known:
+            raise DarhtError(f"claims: {claim['id']}: '{claim[key]}' is not in the transfer matrix "
+                             f"({', '.join(known)})")
+    fs, fa, fb = (np.asarray(fooled[claim["source"]][claim[k]], dtype=float) for k in ("source", "a", "b"))
+    notes: list[str] = []
+    if fs.sum() == 0:
+        return {**claim, "records_a": [claim["a"]], "records_b": [claim["b"]], "test": "paired bootstrap",
+                "effect": 0.0, "ci": None, "p_value": None, "level": LEVEL, "verdict": "not shown",
+                "notes": ["the source's examples fooled the source nowhere: no rate"]}
+    effect = float((fs * (fa - fb)).sum() / fs.sum())
+    rng = np.random.default_rng(SEED)
+    diffs = []
+    for start in range(0, RESAMPLES, 1000):  # chunks bound the memory
+        idx = rng.integers(0, len(fs), size=(min(1000, RESAMPLES - start), len(fs)))
+        den = fs[idx].sum(1)
+        ok = den > 0
+        diffs.append(((fs[idx] * (fa[idx] - fb[idx])).sum(1)[ok] / den[ok]))
+    d = np.concatenate(diffs)
+    ci = [float(np.quantile(d, (1 - LEVEL) / 2)), float(np.quantile(d, (1 + LEVEL) / 2))]
+    exact = all(np.isin(v, (0.0, 1.0)).all() for v in (fs, fa, fb))
+    p = None
+    if exact:
+        hit = fs == 1
+        wins, losses = int((hit & (fa == 1) & (fb == 0)).sum()), int((hit & (fa == 0) & (fb == 1)).sum())
+        p = 1.0 if wins + losses == 0 else float(binomtest(wins, wins + losses, 0.5).pvalue)
+    else:
+        notes.append("a randomized model: no exact McNemar p (the interval decides)")
+    sign = 1 if claim["expect"] == "greater" else -1
+    verdict = ("reproduced" if sign * ci[0] > 0 and sign * ci[1] > 0 else
+               "contradicted" if sign * ci[0] < 0 and sign * ci[1] < 0 else "not shown")
+    return {**claim, "attack": f"transfer from {claim['source']} ({transfer.get('attack', 'pgd')})",
+            "records_a": [claim["a"]], "records_b": [claim["b"]],
+            "test": "paired bootstrap" + (" + McNemar" if exact else ""), "effect": effect, "ci": ci,
+            "p_value": p, "level": LEVEL, "verdict": verdict, "notes": notes}
+
+
+def claims_table(claims: list[dict], records: dict[str, dict], transfer: dict | None = None) -> list[dict]:
+    return [transfer_claim(c, transfer) if "source" in c else evaluate_claim(c, records) for c in check_claims(claims)]
 
 
 def claims_markdown(rows: list[dict]) -> str:
