@@ -15,7 +15,8 @@ import torch
 
 from darht.cli import main
 from darht.config import dump_yaml, make_config
-from darht.evaluation.card import CONFIDENCE, read_card, tolerance
+from darht.evaluation.card import CONFIDENCE, tolerance
+from darht.evaluation.card_check import read_card
 from darht.models import create_model
 from darht.models.io import load_model, read_meta, save_model
 from darht.models.teachers import load_teacher

@@ -149,6 +149,7 @@ def cmd_verify_card(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from darht.evaluation import card as cards
+    from darht.evaluation import card_check
     from darht.utils import check_output
 
     p = _ArgvParser(prog="darht evaluate")
@@ -159,7 +160,7 @@ def cmd_verify_card(args: argparse.Namespace) -> int:
         raise DarhtError(f"--card re-runs the card's own settings; {flags} cannot be given with it "
                          "(only --root, --device, --no-progress and --out)")
     check_output(args.out, "file")
-    path, card = cards.read_card(args.card)
+    path, card = card_check.read_card(args.card)
     if args.device != p.get_default("device"):
         from darht.utils import resolve_device
 
@@ -175,9 +176,9 @@ def cmd_verify_card(args: argparse.Namespace) -> int:
         return record, cards.face_of(record, a.mode)
 
     done: list = []
-    report = cards.verify_card(card, Path(path).parent, rerun, root=args.root,
-                               device=None if args.device == p.get_default("device") else args.device,
-                               progress=not args.no_progress)
+    report = card_check.verify_card(card, Path(path).parent, rerun, root=args.root,
+                                    device=None if args.device == p.get_default("device") else args.device,
+                                    progress=not args.no_progress)
     report["card"] = str(path)
     th = card.get("threat_model", {})
     print(f"card {path}: {card['model'].get('name')} on {card.get('data', {}).get('name')}/"
