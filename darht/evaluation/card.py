@@ -4,9 +4,10 @@
 model, readable by `darht evaluate --checkpoint DIR`, `load_model(DIR)` and as a teacher) and
 DIR/card.json. Every number of the card comes from an evaluation record that `darht evaluate`'s own
 code path made (darht.cli.evaluate.run_evaluation on the argv stored in the card), and
-`darht evaluate --card DIR` re-runs those argv lists and compares (`darht.evaluation.card_check.verify_card`). This module
-builds, writes, reads and verifies cards; it never runs an evaluation itself (the caller passes
-`rerun`), so there is one evaluation path.
+`darht evaluate --card DIR` re-runs those argv lists and compares
+(`darht.evaluation.card_check.verify_card`). This module builds and writes cards, card_check reads
+and verifies them; neither runs an evaluation itself (the caller passes `rerun`), so there is one
+evaluation path.
 
 Schema (card_version 1; a JSON object):
 
