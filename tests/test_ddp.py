@@ -8,7 +8,8 @@ adversarial coin (adv_prob 1), augmentation; and the model (a ViT: LayerNorm) ha
 normalization that depends on the per-rank batch. A third run, `darht-official` on a BatchNorm
 CNN with bf16 gradient compression over two epochs (its CE-only and KD-only phases, the latter
 leaving the classifier without a gradient), checks what does not need equivalence: one writer,
-identical ranks, and one adversarial coin per *global* batch.
+identical ranks, and one adversarial coin per *global* batch; a fourth, `cat` over three epochs,
+that every rank takes its curriculum decision on the same (all-reduced) accuracy.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def runs(tmp: Path, teacher: str) -> dict[str, dict]:
         "official": raw_cfg(tmp / "official", method="darht-official", teachers=[teacher], epochs=2,
                             model={"name": "small-cnn", "kwargs": {"width": 4}},
                             method_args={**ATTACK, "adv_prob": 0.5}, ddp_bf16_compress=True),
+        "cat": raw_cfg(tmp / "cat", method="cat", epochs=3, method_args={**ATTACK, "patience": 1}),
     }
 
 
@@ -88,15 +90,21 @@ def record(self, n, device):
     seen["coins"].append(chosen.float().mean().item())
     return chosen
 Darht.choose = record
+from darht.methods.cat import CAT
+close = CAT.close_epoch
+def lesson(self, acc):  # CAT's curriculum: the accuracy each rank decides on, and its k after
+    close(self, acc)
+    seen["lessons"].append((acc, self.k))
+CAT.close_epoch = lesson
 out = {}
 for i, (name, raw) in enumerate(json.loads(open(sys.argv[1]).read()).items()):
     if i == 1:  # the first run joined and left torchrun's group itself; a group on a fresh store for
         # the rest (torchrun's store still holds the first group's keys: joining again can hang)
         store = dist.FileStore(os.path.join(sys.argv[2], "store"), 2)
         dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
-    seen.update(saved=0, coins=[])
+    seen.update(saved=0, coins=[], lessons=[])
     train(make_config(raw))
-    out[name] = {"saved": seen["saved"], "model": seen["model"], "coins": seen["coins"]}
+    out[name] = {"saved": seen["saved"], "model": seen["model"], "coins": seen["coins"], "lessons": seen["lessons"]}
 dist.destroy_process_group()
 torch.save(out, os.path.join(sys.argv[2], f"rank{rank}.pt"))
 """
@@ -153,7 +161,7 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch):
         train(make_config(single[name]))
 
     r0, r1 = (torch.load(two / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    for name, epochs in (("pgd-at", 1), ("darht", 1), ("official", 2)):
+    for name, epochs in (("pgd-at", 1), ("darht", 1), ("official", 2), ("cat", 3)):
         assert r0[name]["saved"] == epochs and r1[name]["saved"] == 0, name  # one writer
         recs = lines(two / name)
         assert [r["epoch"] for r in recs] == list(range(1, epochs + 1)), name
@@ -178,6 +186,11 @@ def test_two_processes_match_one_process(tmp_path, monkeypatch):
             assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), (name, k, (a[k] - b[k]).abs().max())
         (la,), (lb,) = lines(one / name), lines(two / name)
         assert la["train_loss"] == pytest.approx(lb["train_loss"], rel=1e-5)
+
+    # CAT: every rank decides its curriculum on the same global accuracy, so k moves together
+    l0, l1 = r0["cat"]["lessons"], r1["cat"]["lessons"]
+    assert len(l0) == 2 and l0 == l1  # decisions at the starts of epochs 2 and 3
+    assert all(0 <= acc <= 1 and k in (0, 1) for acc, k in l0)
 
     # darht-official: one coin per global batch; 2 epochs x 2 steps, the same on both ranks
     c0, c1 = r0["official"]["coins"], r1["official"]["coins"]
