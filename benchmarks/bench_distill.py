@@ -343,11 +343,17 @@ def bench_mode(mode: str, a: argparse.Namespace, teachers: list[nn.Module], teac
            "dropout": s.dropout, "mc_samples": s.mc_samples,
            "times": times, **ratios(times, "step", [k for k in variants if k != "step"])}
     out["attack_pass_s"] = round(times["attack"]["min_s"] / max(a.steps, 1), 4)  # one fwd + input bwd on M
+    return finish(out, mode, a, snap, step)
+
+
+def finish(out: dict, label: str, a: argparse.Namespace, snap: "Snapshot", step: Callable) -> dict:
+    """With --profile, a torch.profiler table of one more step; the weights restored; the ratio
+    printed (bench_train.py ends each method with this too)."""
     if a.profile:
         out["profile"] = profile_step(lambda: (snap.restore(), step()))
         print(out["profile"], file=sys.stderr, flush=True)
-        snap.restore()
-    print(f"{mode}: step {out['step_s']:.2f}s, floor {out['floor_s']:.2f}s, ratio {out['ratio']}",
+    snap.restore()
+    print(f"{label}: step {out['step_s']:.2f}s, floor {out['floor_s']:.2f}s, ratio {out['ratio']}",
           file=sys.stderr, flush=True)
     return out
 

@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_distill import (Snapshot, common_args, input_grad_passes, interleaved, malloc_policies,  # noqa: E402
-                           result, profile_step, ratios, timer,
+from bench_distill import (Snapshot, common_args, finish, input_grad_passes, interleaved, malloc_policies,  # noqa: E402
+                           result, ratios, timer,
                            train_step, write)
 
 from darht.attacks.core import clean_probs, eval_mode, logits_and_input_grad, project_linf, random_start  # noqa: E402
@@ -168,13 +168,7 @@ def bench_method(name: str, a: argparse.Namespace, x: torch.Tensor, y: torch.Ten
     out = {"method": name, "epoch_of": list(EPOCH.get(name, (0, 1))), "attack": settings,
            "attack_batch_sizes": {"needed": needed, "done": done, "done_equals_needed": done == needed},
            "times": times, **ratios(times, "step", [k for k in variants if k != "step"])}
-    if a.profile:
-        out["profile"] = profile_step(lambda: (snap.restore(), step()))
-        print(out["profile"], file=sys.stderr, flush=True)
-    snap.restore()
-    print(f"{name}: step {out['step_s']:.2f}s, floor {out['floor_s']:.2f}s, ratio {out['ratio']}",
-          file=sys.stderr, flush=True)
-    return out
+    return finish(out, name, a, snap, step)
 
 
 def main(argv: list[str] | None = None) -> dict:

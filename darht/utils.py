@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -129,3 +131,39 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def staged_dir(out: str | Path, force: bool) -> Iterator[Path]:
+    """A temporary directory beside `out`, renamed to `out` when the block ends without error (a
+    crash leaves `out` as it was, and a hidden .tmp directory at worst): the directory form of
+    `atomic_write`. With `force` an existing non-empty `out` is moved aside first and removed only
+    once the new one is in place; without it, DarhtError."""
+    out = Path(out)
+    parent = out.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 directories; give the usual permissions
+    try:
+        yield tmp
+        _publish(tmp, out.absolute(), force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _publish(tmp: Path, out: Path, force: bool) -> None:
+    if out.is_dir() and not any(out.iterdir()):
+        os.replace(tmp, out)  # rename(2) replaces an empty directory
+        return
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    if not force:
+        raise DarhtError(f"--out {out} exists and is not empty; choose another directory or pass --force")
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+    os.rename(out, old / out.name)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)

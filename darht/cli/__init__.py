@@ -4,11 +4,11 @@ User-input problems (DarhtError) print one line and exit with code 2; argparse d
 for bad flags.
 
 Layout: `args` (shared argument types and helpers), `train` (train, distill), `evaluate`
-(evaluate, compare, transfer; `evaluate --card` re-checks a model card), `run` (run, report, data),
-`export` (export: a deterministic checkpoint plus a model card); each verb module registers its own
-sub-parsers. Those modules import from `darht.cli.args`, never from this package. torch and the
-heavy darht modules are imported only inside the command functions, so that `darht --help` and
-argparse errors stay fast.
+(evaluate; `evaluate --card` re-checks a model card), `compare` (compare, transfer), `run` (run,
+report, data), `export` (export: a deterministic checkpoint plus a model card); each verb module
+registers its own sub-parsers. Those modules import from `darht.cli.args`, never from this
+package. torch and the heavy darht modules are imported only inside the command functions, so
+that `darht --help` and argparse errors stay fast.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from darht import __version__
+from darht.cli import compare as _compare
 from darht.cli import evaluate as _evaluate
 from darht.cli import export as _export
 from darht.cli import run as _run
@@ -26,7 +27,8 @@ from darht.cli import train as _train
 # Re-exported: every name the old single-module darht.cli defined stays importable from it.
 from darht.cli.args import (_add_run_flags, _parse_attack_args, _run_config, check_model_fits,  # noqa: F401
                             parse_data_args, parse_eps, parse_int_list, positive_int, write_record)
-from darht.cli.evaluate import _set_mc_mode, cmd_compare, cmd_evaluate, cmd_transfer, load_eval_model  # noqa: F401
+from darht.cli.compare import cmd_compare, cmd_transfer
+from darht.cli.evaluate import _set_mc_mode, cmd_evaluate, load_eval_model  # noqa: F401
 from darht.cli.export import cmd_export
 from darht.cli.run import cmd_data, cmd_report, cmd_run
 from darht.cli.train import cmd_distill, cmd_train
@@ -37,8 +39,8 @@ __all__ = ["main", "build_parser", "write_record", "parse_eps", "positive_int", 
            "cmd_evaluate", "cmd_compare", "cmd_transfer", "cmd_data", "cmd_report", "cmd_run", "cmd_export"]
 
 # The order `darht --help` lists the verbs in, and the module that registers each.
-_VERBS = (("train", _train), ("distill", _train), ("evaluate", _evaluate), ("compare", _evaluate),
-          ("data", _run), ("transfer", _evaluate), ("report", _run), ("run", _run), ("export", _export))
+_VERBS = (("train", _train), ("distill", _train), ("evaluate", _evaluate), ("compare", _compare),
+          ("data", _run), ("transfer", _compare), ("report", _run), ("run", _run), ("export", _export))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,6 +43,8 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from darht.evaluation import card as cards
+    from darht.models.student import switch_off_mc
+    from darht.utils import staged_dir
     from darht.evaluation.spec import DEFAULT_EOT
     from darht.models.io import load_model, read_meta, save_model
     from darht.utils import resolve_device
@@ -60,11 +62,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     sidecar = read_meta(source["checkpoint"])
     model = load_model(source["checkpoint"])
-    mc_mode = cards.switch_off_mc(model)
+    mc_mode = switch_off_mc(model)
     meta = {**sidecar.get("meta", {}), "exported_from": str(source["checkpoint"])}
     if mc_mode is not None:
         meta["mc_mode"] = mc_mode
-    with cards.staged_dir(args.out, args.force) as tmp:
+    with staged_dir(args.out, args.force) as tmp:
         weights = save_model(model, tmp / cards.MODEL_STEM, meta=meta)
         runs = [("deterministic", None, None, None)]
         if mc_mode is not None:

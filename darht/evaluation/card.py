@@ -64,18 +64,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import platform
 import shlex
-import shutil
 import sys
-import tempfile
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, Iterator
+from typing import Any
 
 from darht import __version__
 from darht.errors import DarhtError
@@ -126,37 +122,6 @@ def read_run_dir(path: str | Path, weights: str | None = None) -> dict:
     return {"run_dir": str(d), "checkpoint": ckpt, "config": config}
 
 
-def switch_off_mc(model: Any) -> dict | None:
-    """Switch a darht-student's MC dropout off in place (dropout 0, one sample: the deterministic
-    face, as a spec that `create_model` rebuilds); returns its MC mode {dropout, mc_samples}, or
-    None when the model has none."""
-    from darht.models.student import unwrap_student
-
-    student = unwrap_student(model)
-    if student is None or student.dropout == 0.0:
-        return None
-    mc = {"dropout": student.dropout, "mc_samples": student.mc_samples}
-    student.configure(dropout=0.0, mc_samples=1)
-    student.set_deterministic(False)
-    return mc
-
-
-def restore_mc_mode(model: Any, mc_mode: Any) -> bool:
-    """Give an exported darht-student (dropout 0) back the MC mode its sidecar records; True if done."""
-    from darht.models.student import unwrap_student
-
-    student = unwrap_student(model)
-    if student is None or student.dropout != 0.0 or not isinstance(mc_mode, dict):
-        return False
-    try:
-        student.configure(dropout=float(mc_mode["dropout"]), mc_samples=int(mc_mode["mc_samples"]))
-    except (KeyError, TypeError, ValueError):
-        raise DarhtError(f"the checkpoint's meta.mc_mode is not {{dropout, mc_samples}}: {mc_mode!r}") from None
-    student.set_deterministic(False)
-    return True
-
-
-# ---- the commands -------------------------------------------------------------------------------
 def evaluate_argv(checkpoint: str | Path, *, data: dict, attacks: list[str], attack_args: list[str], eps: str,
                   n: int, seed: int, batch_size: int, device: str, mode: str | None = None,
                   eot: int | None = None, draws: int | None = None) -> list[str]:
@@ -333,41 +298,6 @@ def check_target(out: str | Path, force: bool) -> None:
     p = Path(out)
     if p.is_dir() and any(p.iterdir()) and not force:
         raise DarhtError(f"--out {p} exists and is not empty; choose another directory or pass --force")
-
-
-@contextmanager
-def staged_dir(out: str | Path, force: bool) -> Iterator[Path]:
-    """A temporary directory beside `out`, renamed to `out` when the block ends without error (a
-    crash leaves `out` as it was, and a hidden .tmp directory at worst). With `force` an existing
-    `out` is moved aside first and removed only once the new one is in place."""
-    out = Path(out)
-    parent = out.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 directories; give the usual permissions
-    try:
-        yield tmp
-        _publish(tmp, out.absolute(), force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _publish(tmp: Path, out: Path, force: bool) -> None:
-    if out.is_dir() and not any(out.iterdir()):
-        os.replace(tmp, out)  # rename(2) replaces an empty directory
-        return
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    if not force:
-        raise DarhtError(f"--out {out} exists and is not empty; choose another directory or pass --force")
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-    os.rename(out, old / out.name)
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_card(directory: str | Path, card: dict) -> Path:

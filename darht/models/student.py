@@ -186,3 +186,32 @@ def darht_student(num_classes: int, in_chans: int = 3, img_size: int = 32, *, ba
     student.spec["kwargs"].update(backbone=backbone, backbone_kwargs=bkw)
     return student
 
+
+# ---- the MC mode of an exported student (darht export / evaluate --mode mc) ---------------------
+def switch_off_mc(model: Any) -> dict | None:
+    """Switch a darht-student's MC dropout off in place (dropout 0, one sample: the deterministic
+    face, as a spec that `create_model` rebuilds); returns its MC mode {dropout, mc_samples}, or
+    None when the model has none."""
+    student = unwrap_student(model)
+    if student is None or student.dropout == 0.0:
+        return None
+    mc = {"dropout": student.dropout, "mc_samples": student.mc_samples}
+    student.configure(dropout=0.0, mc_samples=1)
+    student.set_deterministic(False)
+    return mc
+
+
+def restore_mc_mode(model: Any, mc_mode: Any) -> bool:
+    """Give an exported darht-student (dropout 0) back the MC mode its sidecar records; True if done."""
+    student = unwrap_student(model)
+    if student is None or student.dropout != 0.0 or not isinstance(mc_mode, dict):
+        return False
+    try:
+        student.configure(dropout=float(mc_mode["dropout"]), mc_samples=int(mc_mode["mc_samples"]))
+    except (KeyError, TypeError, ValueError):
+        raise DarhtError(f"the checkpoint's meta.mc_mode is not {{dropout, mc_samples}}: {mc_mode!r}") from None
+    student.set_deterministic(False)
+    return True
+
+
+# ---- the commands -------------------------------------------------------------------------------

@@ -112,6 +112,16 @@ def resolve(ref: str, records: dict[str, dict]) -> list[tuple[str, dict]]:
     return found
 
 
+def verdict(ci: list[float] | None, expect: str) -> str:
+    """`reproduced` / `contradicted`: the interval lies entirely on the expected / the other side
+    of 0; `not shown` otherwise (or without an interval)."""
+    if ci is None:
+        return "not shown"
+    sign = 1 if expect == "greater" else -1
+    lo, hi = sorted((sign * ci[0], sign * ci[1]))
+    return "reproduced" if lo > 0 else "contradicted" if hi < 0 else "not shown"
+
+
 def evaluate_claim(claim: dict, records: dict[str, dict]) -> dict:
     """One claim's row: groups, method, effect (a - b, W-Robust), interval, p, verdict, notes."""
     a, b = resolve(claim["a"], records), resolve(claim["b"], records)
@@ -130,19 +140,11 @@ def evaluate_claim(claim: dict, records: dict[str, dict]) -> dict:
         effect = boot["diff"] if boot else pair["w_robust_a"] - pair["w_robust_b"]
         ci, p = (boot["ci"] if boot else None), (mc["p_value"] if mc else None)
         notes += pair["notes"]
-    sign = 1 if claim["expect"] == "greater" else -1
     if ci is None:
-        verdict = "not shown"
         notes.append("no interval could be computed")
-    elif sign * ci[0] > 0 and sign * ci[1] > 0:
-        verdict = "reproduced"
-    elif sign * ci[0] < 0 and sign * ci[1] < 0:
-        verdict = "contradicted"
-    else:
-        verdict = "not shown"
     return {**claim, "records_a": [k for k, _ in a], "records_b": [k for k, _ in b], "test": test,
             "effect": effect, "ci": ci, "p_value": p, "level": result["settings"]["level"],
-            "verdict": verdict, "notes": notes}
+            "verdict": verdict(ci, claim["expect"]), "notes": notes}
 
 
 def transfer_claim(claim: dict, transfer: dict | None) -> dict:
@@ -181,13 +183,10 @@ def transfer_claim(claim: dict, transfer: dict | None) -> dict:
         p = 1.0 if wins + losses == 0 else float(binomtest(wins, wins + losses, 0.5).pvalue)
     else:
         notes.append("a randomized model: no exact McNemar p (the interval decides)")
-    sign = 1 if claim["expect"] == "greater" else -1
-    verdict = ("reproduced" if sign * ci[0] > 0 and sign * ci[1] > 0 else
-               "contradicted" if sign * ci[0] < 0 and sign * ci[1] < 0 else "not shown")
     return {**claim, "attack": f"transfer from {claim['source']} ({transfer.get('attack', 'pgd')})",
             "records_a": [claim["a"]], "records_b": [claim["b"]],
             "test": "paired bootstrap" + (" + McNemar" if exact else ""), "effect": effect, "ci": ci,
-            "p_value": p, "level": LEVEL, "verdict": verdict, "notes": notes}
+            "p_value": p, "level": LEVEL, "verdict": verdict(ci, claim["expect"]), "notes": notes}
 
 
 def claims_table(claims: list[dict], records: dict[str, dict], transfer: dict | None = None) -> list[dict]:
