@@ -116,6 +116,36 @@ def test_report_writes_the_claims_table_and_flags_unconverged_runs(tmp_path):
     assert (run / "report" / "epochs.png").stat().st_size > 0
 
 
+def test_groups_average_seeds_and_split_the_deterministic_face(tmp_path):
+    from darht.report.tables import groups, groups_markdown
+
+    recs = {**seeded("darht", 0.80), "student-rslad": make_record(9, p_robust=0.5)}
+    det = make_record(3, p_robust=0.2)
+    recs["student-darht-s1"] = {**recs["student-darht-s1"],
+                                "faces": {"deterministic": {k: det[k] for k in ("summary", "trials", "examples")}}}
+    rows = {r["group"]: r for r in groups(recs)}
+    assert set(rows) == {"student-darht", "student-darht@deterministic", "student-rslad"}
+    w = [recs[f"student-darht-s{s}"]["summary"]["w_robust"]["worst"]["mean"] for s in range(3)]
+    g = rows["student-darht"]
+    assert g["seeds"] == 3 and g["w_robust_worst"] == pytest.approx(np.mean(w), abs=1e-12)
+    assert g["w_robust_worst_sd"] == pytest.approx(np.std(w, ddof=1), abs=1e-12)
+    assert g["robust"]["pgd"] == pytest.approx(np.mean([recs[f"student-darht-s{s}"]["summary"]["robust"]["pgd"]["mean"]
+                                                        for s in range(3)]), abs=1e-12)
+    d = rows["student-darht@deterministic"]
+    assert d["records"] == ["student-darht-s1"] and d["w_robust_worst_sd"] is None
+    assert d["clean"] == det["summary"]["clean"]["mean"]
+    text = groups_markdown(list(rows.values()))
+    assert f"| student-darht | 3 | {100 * g['clean']:.2f} |" in text
+    assert f"{100 * np.mean(w):.2f} ± {100 * np.std(w, ddof=1):.2f} |" in text
+    run = tmp_path / "run"
+    (run / "records").mkdir(parents=True)
+    for k, r in recs.items():
+        (run / "records" / f"{k}.json").write_text(json.dumps({**r, "n": 100, "trials_count": 4}))
+    report = write_report(run).read_text()
+    assert "## By model, over training seeds" in report and text in report
+    assert json.loads((run / "report" / "groups.json").read_text())[0]["group"] == "student-darht"
+
+
 def test_plots_pool_the_seeds_of_one_model(tmp_path, monkeypatch):
     import matplotlib.axes
 
@@ -124,12 +154,15 @@ def test_plots_pool_the_seeds_of_one_model(tmp_path, monkeypatch):
     assert plots.seed_group("student-darht-s12") == "student-darht"
     assert plots.seed_group("students-2cnn") == "students-2cnn"
     recs = {k: {**r, "trials_count": 4} for k, r in {**seeded("darht", 0.8), "student-rslad": make_record(5)}.items()}
+    det = make_record(7, p_robust=0.3)
+    recs["student-darht-s2"]["faces"] = {"deterministic": {k: det[k] for k in ("summary", "trials")}}
     boxes = []
     real = matplotlib.axes.Axes.boxplot
     monkeypatch.setattr(matplotlib.axes.Axes, "boxplot", lambda self, data, **kw: boxes.append(data) or real(self, data, **kw))
     assert plots.w_robust_distributions(recs, tmp_path / "w.png").stat().st_size > 0
     pgd = boxes[[*sorted(recs["student-rslad"]["summary"]["w_robust"])].index("pgd")]
-    assert [len(b) for b in pgd] == [3 * 4, 4]  # 3 seeds x 4 trials pooled; rslad's 4 trials
+    assert [len(b) for b in pgd] == [3 * 4, 4, 4]  # 3 seeds x 4 trials pooled; s2's dropout-off face; rslad
+    assert sorted(pgd[1]) == sorted(100 * t["w_robust"]["pgd"] for t in det["trials"])
     fills = []
     monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", lambda self, x, lo, hi, **kw: fills.append((lo, hi)))
     runs = {f"students-darht-s{s}": [{"epoch": e, "val_clean": 0.8, "val_robust": 0.5 + 0.1 * s} for e in (1, 2)]

@@ -42,6 +42,13 @@ def write_report(run_dir: str | Path) -> Path:
                "correct in every draw), attacked with EOT; their deterministic face (dropout off) is listed "
                "next to them.", "", tables.markdown(table), ""]
         atomic_write_text(out / "results.csv", tables.to_csv(table))
+        group_rows = tables.groups(records)
+        if any(g["seeds"] > 1 for g in group_rows):
+            md += ["## By model, over training seeds", "", "Robust accuracy (%) per attack: the mean over a "
+                   "model's training seeds (NAME-s<k>) of each record's mean over trials; `@deterministic` is a "
+                   "DARHT student with dropout off. W-Robust under the worst case, ± its sd across seeds.", "",
+                   tables.groups_markdown(group_rows), ""]
+            atomic_write_json(out / "groups.json", group_rows)
         sweeps = [(n, r) for n, r in records.items() if r.get("eot_sweep")]
         for n, r in sweeps:
             md += [f"EOT sweep for `{n}` (robust accuracy on the same examples, {r['draws']} draws each):", "",

@@ -56,7 +56,8 @@ def epoch_curves(runs: dict[str, list[dict]], path: str | Path) -> Path | None:
 
 def w_robust_distributions(records: dict[str, dict], path: str | Path) -> Path | None:
     """Box plots of per-trial W-Robust per attack and model (paper Fig. 5; needs records with
-    several trials); the records of one model's training seeds (NAME-s<k>) are pooled in one box."""
+    several trials); the records of one model's training seeds (NAME-s<k>) are pooled in one box, and
+    a DARHT student's deterministic face has a box of its own (NAME@det)."""
     attacks = sorted({a for r in records.values() if r.get("trials_count", 1) > 1 for a in r["summary"]["w_robust"]})
     if not attacks:
         return None
@@ -64,8 +65,10 @@ def w_robust_distributions(records: dict[str, dict], path: str | Path) -> Path |
     for ax, attack in zip(axes[0], attacks):
         groups: dict[str, list[float]] = {}
         for n, r in records.items():
-            if attack in r["summary"]["w_robust"]:
-                groups.setdefault(seed_group(n), []).extend(100 * t["w_robust"][attack] for t in r["trials"])
+            det = (r.get("faces") or {}).get("deterministic")  # a DARHT student with dropout off: its own box
+            for name, face in ((seed_group(n), r), (seed_group(n) + "@det", det)):
+                if face and attack in face["summary"]["w_robust"]:
+                    groups.setdefault(name, []).extend(100 * t["w_robust"][attack] for t in face["trials"])
         ax.boxplot(list(groups.values()))
         ax.set_xticks(range(1, len(groups) + 1), list(groups), rotation=30, fontsize=8)
         ax.set(title=f"W-Robust over trials: {attack}", ylabel="%")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import statistics
 from pathlib import Path
 
 from darht.errors import DarhtError
@@ -56,6 +58,47 @@ def rows(records: dict[str, dict]) -> list[dict]:
                             "w_robust_std": s["w_robust"][attack]["std"], "trials": r.get("trials_count", 1),
                             "n": r.get("n"), "strict": strict})
     return out
+
+
+def groups(records: dict[str, dict]) -> list[dict]:
+    """One row per model group: the records of one configuration's training seeds (NAME-s<k>)
+    together, and a DARHT student's deterministic face (dropout off) as its own group
+    `NAME@deterministic`. Per attack: the mean over seeds of each record's mean over trials;
+    W-Robust also with the standard deviation across seeds (the spread that training varies)."""
+    out: dict[str, dict] = {}
+    for name, rec in records.items():
+        faces = [("", rec)]
+        det = (rec.get("faces") or {}).get("deterministic")
+        if det:
+            faces.append(("@deterministic", {**rec, **det}))
+        for face, r in faces:
+            g = out.setdefault(re.sub(r"-s\d+$", "", name) + face, {"records": [], "summaries": []})
+            g["records"].append(name)
+            g["summaries"].append(r["summary"])
+    rows = []
+    for group, g in out.items():
+        attacks = [a for a in g["summaries"][0]["robust"] if all(a in s["robust"] for s in g["summaries"])]
+        w = [s["w_robust"]["worst"]["mean"] for s in g["summaries"] if "worst" in s["w_robust"]]
+        rows.append({"group": group, "seeds": len(g["records"]), "records": g["records"],
+                     "clean": statistics.fmean(s["clean"]["mean"] for s in g["summaries"]),
+                     "robust": {a: statistics.fmean(s["robust"][a]["mean"] for s in g["summaries"]) for a in attacks},
+                     "w_robust_worst": statistics.fmean(w) if len(w) == len(g["summaries"]) else None,
+                     "w_robust_worst_sd": statistics.stdev(w) if len(w) == len(g["summaries"]) and len(w) > 1 else None})
+    return rows
+
+
+def groups_markdown(rows: list[dict]) -> str:
+    """The groups as the README shows them: accuracy (%) per attack, mean over training seeds."""
+    attacks = [a for a in (rows[0]["robust"] if rows else {}) if all(a in r["robust"] for r in rows)]
+    lines = ["| model | seeds | clean | " + " | ".join(attacks) + " | W-Robust (worst) ± sd over seeds |",
+             "|---|---|---|" + "---|" * len(attacks) + "---|"]
+    for r in rows:
+        w = "n/a" if r["w_robust_worst"] is None else f"{100 * r['w_robust_worst']:.2f}"
+        if r["w_robust_worst_sd"] is not None:
+            w += f" ± {100 * r['w_robust_worst_sd']:.2f}"
+        lines.append(f"| {r['group']} | {r['seeds']} | {100 * r['clean']:.2f} | "
+                     + " | ".join(f"{100 * r['robust'][a]:.2f}" for a in attacks) + f" | {w} |")
+    return "\n".join(lines)
 
 
 def markdown(table: list[dict]) -> str:
