@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest, ttest_ind
+from scipy.stats import binomtest, permutation_test, ttest_ind
 
 from darht.errors import DarhtError
 from darht.report.build import spread, write_report
@@ -54,14 +54,27 @@ def test_across_seeds_is_welch_and_the_verdicts_follow_the_interval():
     assert row["ci"][0] < 0 < row["ci"][1] and row["verdict"] == "not shown"
 
 
-def test_one_record_each_is_paired_bootstrap_and_mcnemar():
-    recs = {"student-darht": make_record(0, p_robust=0.75), "student-rslad": make_record(1, p_robust=0.6)}
+@pytest.mark.parametrize("draws", [1, 20])
+def test_one_record_each_is_paired_bootstrap_and_the_sign_flip_p_of_the_same_difference(draws):
+    recs = {"student-darht": make_record(0, p_robust=0.75, draws=draws),
+            "student-rslad": make_record(1, p_robust=0.6, draws=draws)}
     (row,) = claims_table([CLAIM], recs)
-    a, b = recs["student-darht"]["examples"]["strict"]["pgd"], recs["student-rslad"]["examples"]["strict"]["pgd"]
-    wins, losses = sum(x > y for x, y in zip(a, b)), sum(x < y for x, y in zip(a, b))
-    assert row["test"] == "paired bootstrap + McNemar"
-    assert row["p_value"] == pytest.approx(binomtest(wins, wins + losses, 0.5).pvalue, rel=1e-9)
+    wa, wb = w_by_index(recs["student-darht"], "pgd"), w_by_index(recs["student-rslad"], "pgd")
+    d = np.array([wa[i] - wb[i] for i in wa])
+    assert row["test"] == "paired bootstrap + sign-flip"
+    assert row["effect"] == pytest.approx(d.mean(), abs=1e-12)
+    ref = permutation_test((d,), np.mean, permutation_type="samples", n_resamples=20_000, random_state=0).pvalue
+    assert row["p_value"] == pytest.approx(ref, abs=0.01)  # both Monte Carlo; the effect is large, p tiny
     assert row["ci"][0] <= row["effect"] <= row["ci"][1]
+    close = {"student-darht": make_record(0, p_robust=0.62, draws=draws),
+             "student-rslad": make_record(1, p_robust=0.6, draws=draws)}
+    (row,) = claims_table([CLAIM], close)
+    wa, wb = w_by_index(close["student-darht"], "pgd"), w_by_index(close["student-rslad"], "pgd")
+    d = np.array([wa[i] - wb[i] for i in wa])
+    ref = permutation_test((d,), np.mean, permutation_type="samples", n_resamples=20_000, random_state=0).pvalue
+    assert 0.01 < ref and row["p_value"] == pytest.approx(ref, abs=0.02)
+    # the p and the interval test the same difference: p < 0.05 exactly when the CI excludes 0 (up to MC noise)
+    assert (row["p_value"] < 0.05) == (row["ci"][0] > 0 or row["ci"][1] < 0) or abs(row["p_value"] - 0.05) < 0.01
     mixed = {**seeded("darht", 0.75), "student-rslad": make_record(1, p_robust=0.6)}
     (row,) = claims_table([CLAIM], mixed)
     assert "3 vs 1 records" in row["notes"][0]

@@ -428,3 +428,31 @@ def test_cli_compare_mcnemar_equals_binomtest(tmp_path, capsys):
     expected = binomtest(bb, bb + cc, 0.5).pvalue
     row = json.loads(out.read_text())["pairs"][0]
     assert row["mcnemar"]["p_value"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_sign_flip_p_is_scipys_exact_paired_permutation_test_on_small_samples():
+    from scipy.stats import permutation_test
+
+    from darht.evaluation.stats import sign_flip_p
+
+    rng = np.random.default_rng(3)
+    for n in (2, 5, 9, 12):
+        d = rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0, 0.35], size=n)
+        ref = permutation_test((d,), np.mean, permutation_type="samples", n_resamples=10**6).pvalue  # exact: 2^n
+        assert sign_flip_p(d) == pytest.approx(min(1.0, ref), abs=1e-12)
+    assert sign_flip_p(np.zeros(50)) == 1.0
+    d = rng.normal(0.05, 0.3, size=400)
+    ref = permutation_test((d,), np.mean, permutation_type="samples", n_resamples=50_000, random_state=1).pvalue
+    assert sign_flip_p(d, resamples=50_000) == pytest.approx(ref, abs=0.01)
+    assert sign_flip_p(d, seed=4) == sign_flip_p(d, seed=4)
+
+
+def test_compare_shows_the_sign_flip_p_of_the_w_robust_difference():
+    from darht.evaluation.stats import compare_pair, sign_flip_p
+
+    a, b = make_record(0, draws=20, p_robust=0.7), make_record(1, draws=20, p_robust=0.66)
+    row = compare_pair(a, b, "pgd", "a", "b")
+    wa, wb = w_by_index(a, "pgd"), w_by_index(b, "pgd")
+    assert row["permutation"]["p_value"] == sign_flip_p(np.array([wa[i] - wb[i] for i in wa]))
+    assert f"| {row['permutation']['p_value']:.3g} |" in comparison_markdown(
+        {"baseline": "a", "pairs": [{**row, "group_a": "a", "group_b": "b"}], "seeds": []})

@@ -3,10 +3,10 @@
 Record A against record B, both evaluated on the same examples under the same settings:
 
 - paired tests on the shared examples (records with per-example results, `examples`): the exact
-  McNemar test on strict per-example robustness and a paired bootstrap confidence interval of the
-  W-Robust difference. Pairing by example removes the example-to-example variance, which is far
-  larger than the difference between two models, so these tests see differences that unpaired
-  ones miss;
+  McNemar test on strict per-example robustness, a paired bootstrap confidence interval of the
+  W-Robust difference and the sign-flip permutation p of that same difference. Pairing by example
+  removes the example-to-example variance, which is far larger than the difference between two
+  models, so these tests see differences that unpaired ones miss;
 - the two-sided Mann-Whitney U test on per-trial W-Robust (paper, section 4.2), kept next to them.
   It assumes independent samples, which overlapping trials are not (it is then flagged).
 
@@ -87,6 +87,39 @@ def bootstrap_diff(a: dict, b: dict, attack: str, name_a: str = "A", name_b: str
             "resamples": resamples, "seed": seed, "n": int(len(d))}
 
 
+def sign_flip_p(d: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> float:
+    """Two-sided paired permutation p of mean(d) = 0: under H0 the labels A/B of each example are
+    exchangeable, so each difference d_i keeps or flips its sign with probability 1/2 (Fisher 1935,
+    The Design of Experiments, sec. 21; Good 2005, Permutation, Parametric and Bootstrap Tests of
+    Hypotheses, ch. 3). Exact over all 2^n sign patterns when 2^n <= resamples, else `resamples`
+    seeded random patterns with p = (1 + hits) / (1 + resamples). It tests the same quantity as the
+    bootstrap interval (mean per-example W-Robust difference), also for randomized models whose
+    per-example values are fractions, where McNemar's 0/1 verdicts are a different statistic."""
+    d = np.asarray(d, dtype=float)
+    n = len(d)
+    observed = abs(d.mean()) - 1e-12 * max(1.0, float(np.abs(d).max(initial=0.0)))  # ties count as hits
+    if n == 0 or not d.any():
+        return 1.0
+    if n <= 20 and 2 ** n <= resamples:
+        signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+        return float(np.mean(np.abs(signs @ d) / n >= observed))
+    rng = np.random.default_rng(seed)
+    hits, rows = 0, max(1, _CHUNK_DRAWS // n)
+    for start in range(0, resamples, rows):
+        k = min(rows, resamples - start)
+        signs = rng.integers(0, 2, size=(k, n)) * 2 - 1
+        hits += int(np.sum(np.abs(signs @ d) / n >= observed))
+    return (1 + hits) / (1 + resamples)
+
+
+def paired_permutation(a: dict, b: dict, attack: str, name_a: str = "A", name_b: str = "B", *,
+                       resamples: int = RESAMPLES, seed: int = SEED) -> dict:
+    """The sign-flip permutation test of the per-example W-Robust differences A - B (see sign_flip_p)."""
+    pos_a, pos_b = align_examples(a, b, name_a, name_b)
+    d = per_example_w_robust(a, attack, name_a)[pos_a] - per_example_w_robust(b, attack, name_b)[pos_b]
+    return {"p_value": sign_flip_p(d, resamples, seed), "resamples": resamples, "seed": seed, "n": int(len(d))}
+
+
 # ------------------------------------------------------------------------------ unpaired tests
 def compare(a: dict, b: dict, attack: str, name_a: str = "record A", name_b: str = "record B") -> dict:
     """Two-sided Mann-Whitney U test of record a vs b on per-trial W-Robust under `attack` (paper 4.2).
@@ -144,13 +177,14 @@ def compare_pair(a: dict, b: dict, attack: str, name_a: str, name_b: str, *,
     row: dict[str, Any] = {"a": name_a, "b": name_b, "attack": attack,
                            "w_robust_a": record_w_robust(a, attack, name_a),
                            "w_robust_b": record_w_robust(b, attack, name_b),
-                           "bootstrap": None, "mcnemar": None, "mann_whitney": None,
+                           "bootstrap": None, "permutation": None, "mcnemar": None, "mann_whitney": None,
                            "trials_overlap": trials_overlap(a, b), "notes": []}
     lacking = [n for n, r in ((name_a, a), (name_b, b)) if not has_examples(r)]
     if lacking:
         row["notes"] += [f"{n} {NO_EXAMPLES} (paired tests skipped)" for n in lacking]
     else:
         row["bootstrap"] = bootstrap_diff(a, b, attack, name_a, name_b, resamples=resamples, seed=seed, level=level)
+        row["permutation"] = paired_permutation(a, b, attack, name_a, name_b, resamples=resamples, seed=seed)
         row["mcnemar"] = mcnemar(a, b, attack, name_a, name_b)
     few = [(n, len(r["trials"])) for n, r in ((name_a, a), (name_b, b)) if len(r["trials"]) < 2]
     if few:

@@ -15,7 +15,8 @@ Statistics (darht.evaluation.stats.compare_groups, the same as `darht compare`):
   - both groups with >= 2 training seeds: Welch's t-test across seeds on each record's W-Robust
     (the training randomness is what varies; the test examples are the same for every record);
   - one record each: the paired bootstrap CI of the W-Robust difference on the shared examples and
-    the exact McNemar p on per-example robustness;
+    the sign-flip permutation p of that same difference (McNemar's p, on strict 0/1 verdicts, tests
+    another quantity for a randomized model, so `darht compare` shows it but the claim does not);
   - otherwise (one side with several seeds, the other with one): every pair is compared and the
     row shows the pair of seed 0s, with a note.
 A transferability claim (paper 4.1) names a source and two targets instead, and is tested on the
@@ -135,10 +136,10 @@ def evaluate_claim(claim: dict, records: dict[str, dict]) -> dict:
         pair = result["pairs"][0]
         if len(result["pairs"]) > 1:
             notes.append(f"{len(a)} vs {len(b)} records: the row shows {pair['a']} vs {pair['b']}")
-        boot, mc = pair["bootstrap"], pair["mcnemar"]
-        test = "paired bootstrap + McNemar"
+        boot, perm = pair["bootstrap"], pair["permutation"]
+        test = "paired bootstrap + sign-flip"
         effect = boot["diff"] if boot else pair["w_robust_a"] - pair["w_robust_b"]
-        ci, p = (boot["ci"] if boot else None), (mc["p_value"] if mc else None)
+        ci, p = (boot["ci"] if boot else None), (perm["p_value"] if perm else None)
         notes += pair["notes"]
     if ci is None:
         notes.append("no interval could be computed")

@@ -23,10 +23,10 @@ def _label(group: str, path: str) -> str:
 
 
 def _pair_line(r: dict) -> str:
-    boot, mc, mw = r["bootstrap"], r["mcnemar"], r["mann_whitney"]
+    boot, mc, mw, perm = r["bootstrap"], r["mcnemar"], r["mann_whitney"], r.get("permutation")
     diff = _diff_ci(boot["diff"], boot["ci"]) if boot else _diff_ci(r["w_robust_a"] - r["w_robust_b"], None)
     cells = [_label(r["group_a"], r["a"]), _label(r["group_b"], r["b"]), r["attack"],
-             _pct(r["w_robust_a"]), _pct(r["w_robust_b"]), diff,
+             _pct(r["w_robust_a"]), _pct(r["w_robust_b"]), diff, _p(perm["p_value"] if perm else None),
              str(mc["b"]) if mc else "n/a", str(mc["c"]) if mc else "n/a", _p(mc["p_value"] if mc else None),
              f"{mw['u']:.1f}" if mw else "n/a", _p(mw["p_value"] if mw else None)]
     return "| " + " | ".join(cells) + " |"
@@ -57,8 +57,8 @@ def comparison_markdown(result: dict) -> str:
     if result["pairs"]:
         out += ["", "## Record pairs (paired on shared examples)", "",
                 f"| A | B | attack | W-Robust A (%) | W-Robust B (%) | diff [{level}% bootstrap CI] "
-                "| McNemar b | McNemar c | McNemar p | MWU U | MWU p |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| sign-flip p | McNemar b | McNemar c | McNemar p (strict) | MWU U | MWU p |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         out += [_pair_line(r) for r in result["pairs"]]
         out += _notes(result["pairs"], lambda r: f"{r['a']} vs {r['b']}")
     if result["seeds"]:
