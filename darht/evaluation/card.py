@@ -9,54 +9,8 @@ code path made (darht.cli.evaluate.run_evaluation on the argv stored in the card
 and verifies them; neither runs an evaluation itself (the caller passes `rerun`), so there is one
 evaluation path.
 
-Schema (card_version 1; a JSON object):
-
-  card_version   1
-  kind           "model-card"
-  created        UTC time of the export (ISO 8601)
-  model          {weights: "model.safetensors", sidecar: "model.json", sha256 (of the weights file),
-                  spec (name, num_classes, in_chans, img_size, kwargs: what create_model rebuilds),
-                  name, kwargs, params (number of parameters), randomized (the exported model's),
-                  mc_mode: {dropout, mc_samples} for a darht-student whose MC dropout was switched
-                  off for export (its weights are unchanged; `darht evaluate --mode mc` on the export
-                  switches it back on from the sidecar's meta.mc_mode), else null}
-  data           {name, split, size (examples in the split), shape [C, H, W], img_size, in_chans,
-                  num_classes, classes, root (as given, may be null), kwargs (the loader's options)}
-  threat_model   {norm: "Linf", eps (float, [0, 1] pixel units), eps_text (as given, e.g. "8/255"),
-                  eps_255 (eps * 255)}
-  evaluations    {face: evaluation}, face "deterministic" (the exported model; "randomized" if the
-                  exported model is stochastic on its own) and, for an MC student, "mc"; each
-                  evaluation: {command (a `darht evaluate ...` shell line), argv (the same as a list,
-                  without "darht"), face, randomized, attacks, attack_args (as called), eot, draws
-                  (1 and 1 when deterministic), eps, n, seed, trials_count, batch_size, device,
-                  data {name, split, size}, selection (the rule choosing the examples, in words),
-                  examples (the record's per-example results: index = the exact indices into the
-                  split, clean, robust[attack], strict[attack], ...), checks (the sanity-check
-                  sentences of darht.evaluation.checks), wall_time_s}
-  numbers        [{name ("<face>.clean", "<face>.robust.<attack>", "<face>.robust.worst" with
-                  several attacks; randomized faces add "<face>.clean_strict", "<face>.strict.<attack>"
-                  and "<face>.pyautoattack_verdict.<attack>" for ensembles), metric (in words),
-                  value, evaluation (its face), n, seed, randomized, tolerance (0.0: must reproduce
-                  exactly), command (the line that reproduces it)}]
-  tolerance      {rule (in words), confidence, z}: how a randomized number's tolerance is set
-  checks         {face: [sentences]}: the sanity-check flags of each evaluation
-  training       {run_dir, checkpoint (the run's weights file exported), config (the run's
-                  config.yaml), meta (the checkpoint's training meta: method, epoch, val_clean, ...)}
-  software       {darht, git, python, platform, torch, torchvision, pyautoattack, safetensors, numpy,
-                  scipy, timm}: versions at export (null where not installed)
-
-Tolerance. A deterministic evaluation (fixed seeds, pyautoattack reseeded, no dropout) must
-reproduce exactly; only a different device type (CPU vs CUDA kernels) can move it, and then it
-does not reproduce. A randomized number is a mean over n examples of a per-example score in [0, 1]
-(the fraction of the draws correct). A [0, 1]-valued variable of mean m has variance <= m(1 - m),
-so the mean of n independent examples has variance <= mu(1 - mu) / n (mu: the mean of the m_i, by
-Jensen), and the difference of two independent measurements <= 2 mu(1 - mu) / n: the binomial
-bound on the recorded n, whatever the draws and the attack's own randomness. The tolerance is
-z * sqrt(2 mu~(1 - mu~) / n) with mu~ = (n v + 2) / (n + 4) (the Agresti-Coull centre at the
-recorded value v, so a value of 0 or 1 keeps a non-zero width) and z the two-sided normal quantile
-of `CONFIDENCE` (99.9%: a faithful re-measurement fails a number about once in a thousand, or
-less, the bound being conservative). On the machine of the export the re-measurement is usually
-bit-identical (same seeds), which the verification reports as "exact".
+The schema (card_version 1) and the tolerance rule for randomized numbers (z * sqrt(2 mu~(1 - mu~) / n),
+mu~ the Agresti-Coull centre, z at `CONFIDENCE`) are written out in docs/MODEL-CARD.md.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@ W-Robust distributions over trials (Fig. 5) and the transferability heatmap."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import matplotlib
@@ -11,12 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from darht.report.tables import seed_group  # noqa: E402  (re-exported: the plots' grouping)
 from darht.utils import atomic_write  # noqa: E402
-
-
-def seed_group(name: str) -> str:
-    """The run a training seed belongs to: 'students-darht-s1' -> 'students-darht'."""
-    return re.sub(r"-s\d+$", "", name)
 
 
 def epoch_curves(runs: dict[str, list[dict]], path: str | Path) -> Path | None:

@@ -60,6 +60,11 @@ def rows(records: dict[str, dict]) -> list[dict]:
     return out
 
 
+def seed_group(name: str) -> str:
+    """The run a training seed belongs to: 'students-darht-s1' -> 'students-darht'."""
+    return re.sub(r"-s\d+$", "", name)
+
+
 def groups(records: dict[str, dict]) -> list[dict]:
     """One row per model group: the records of one configuration's training seeds (NAME-s<k>)
     together, and a DARHT student's deterministic face (dropout off) as its own group
@@ -72,7 +77,7 @@ def groups(records: dict[str, dict]) -> list[dict]:
         if det:
             faces.append(("@deterministic", {**rec, **det}))
         for face, r in faces:
-            g = out.setdefault(re.sub(r"-s\d+$", "", name) + face, {"records": [], "summaries": []})
+            g = out.setdefault(seed_group(name) + face, {"records": [], "summaries": []})
             g["records"].append(name)
             g["summaries"].append(r["summary"])
     rows = []
